@@ -1,0 +1,251 @@
+"""The plan: count, price and budget-check every cell before anything is sent; write plan.parquet."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import pricing
+from pipeline.errors import BudgetExceeded
+from pipeline.schema import ProblemLog, validate_cells
+from pipeline.sweep import Cell, canonical_json
+
+PLAN_FILE = "plan.parquet"
+_BATCH = 10_000
+
+
+class HasCells(Protocol):
+    """The one store question the plan asks."""
+
+    def has(self, cell_id: str, *, backend: str | None = None) -> bool:
+        """Whether the cell is finished and stored."""
+        ...
+
+
+@dataclass
+class Plan:
+    """What a run will do and cost; `estimate_usd` covers only the cells still to run."""
+
+    cells: int = 0
+    images: int = 0
+    cached_cells: int = 0
+    cached_images: int = 0
+    estimate_usd: float = 0.0
+    cached_usd: float = 0.0
+    budget_usd: float = 0.0
+    shard: tuple[int, int] = (0, 1)
+    price_note: str = ""
+    path: Path | None = None
+
+    @property
+    def todo_cells(self) -> int:
+        """Cells that still need a request."""
+        return self.cells - self.cached_cells
+
+    @property
+    def todo_images(self) -> int:
+        """Images that still need paying for."""
+        return self.images - self.cached_images
+
+
+def in_shard(cell_id: str, index: int, count: int) -> bool:
+    """Whether a cell belongs to shard `index` of `count` (by its id, so shards never overlap)."""
+    if count <= 1:
+        return True
+    return int(hashlib.sha256(cell_id.encode()).hexdigest()[:12], 16) % count == index
+
+
+def make_plan(
+    cells: Callable[[], Iterable[Cell]],
+    *,
+    price_table: dict[str, Any],
+    axis_names: list[str],
+    budget_usd: float,
+    store: HasCells | None = None,
+    shard: tuple[int, int] = (0, 1),
+    out_dir: Path | None = None,
+    backend: str | None = None,
+) -> Plan:
+    """Validate, shard, price and look up every cell in one streaming pass; write plan.parquet."""
+    string_axes: set[str] = set()
+    while True:
+        try:
+            return _plan_pass(
+                cells(), price_table, axis_names, budget_usd, store, shard, out_dir, string_axes,
+                backend,
+            )
+        except _AxisTypeChanged as changed:
+            string_axes.add(changed.axis)  # mixed-type axis: write it as text, start again
+
+
+class _AxisTypeChanged(Exception):
+    def __init__(self, axis: str) -> None:
+        self.axis = axis
+
+
+def _plan_pass(
+    cells: Iterable[Cell],
+    table: dict[str, Any],
+    axis_names: list[str],
+    budget_usd: float,
+    store: HasCells | None,
+    shard: tuple[int, int],
+    out_dir: Path | None,
+    string_axes: set[str],
+    backend: str | None,
+) -> Plan:
+    plan = Plan(budget_usd=budget_usd, shard=shard, price_note=_price_note(table))
+    writer = _PlanWriter(out_dir, axis_names, string_axes) if out_dir is not None else None
+    log = ProblemLog()
+    try:
+        for cell in validate_cells(cells, log):
+            if not in_shard(cell.cell_id, *shard):
+                continue
+            images = int(cell.request.get("numberResults", 1))
+            cost = pricing.estimate(cell.request, table) if not log.groups else 0.0
+            cached = store is not None and store.has(cell.cell_id, backend=backend)
+            plan.cells += 1
+            plan.images += images
+            if cached:
+                plan.cached_cells += 1
+                plan.cached_images += images
+                plan.cached_usd += cost
+            else:
+                plan.estimate_usd += cost
+            if writer is not None and not log.groups:
+                writer.add(cell, cost, cached)
+        if writer is not None:
+            plan.path = writer.close()
+            writer = None
+    finally:
+        if writer is not None:
+            writer.abort()
+    return plan
+
+
+class _PlanWriter:
+    """Streams plan rows to a temporary parquet file in batches; renamed into place on close."""
+
+    def __init__(self, out_dir: Path, axis_names: list[str], string_axes: set[str]) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.final = out_dir / PLAN_FILE
+        self.tmp = out_dir / f".{PLAN_FILE}.{os.getpid()}.tmp"
+        self.axis_names = axis_names
+        self.string_axes = string_axes
+        self.rows: dict[str, list[Any]] = self._empty()
+        self.writer: pq.ParquetWriter | None = None
+        self.schema: pa.Schema | None = None
+
+    def _empty(self) -> dict[str, list[Any]]:
+        cols = ["cell_id", "cell_index", "seed", *self.axis_names]
+        return {c: [] for c in [*cols, "numberResults", "estimated_cost_usd", "cached", "request_json"]}
+
+    def add(self, cell: Cell, cost: float, cached: bool) -> None:
+        """Buffer one row; flush a batch when full."""
+        rows = self.rows
+        rows["cell_id"].append(cell.cell_id)
+        rows["cell_index"].append(cell.index)
+        rows["seed"].append(cell.seed)
+        for axis in self.axis_names:
+            value = cell.axes.get(axis)
+            if axis in self.string_axes and value is not None and not isinstance(value, str):
+                value = canonical_json(value)
+            rows[axis].append(value)
+        rows["numberResults"].append(int(cell.request.get("numberResults", 1)))
+        rows["estimated_cost_usd"].append(cost)
+        rows["cached"].append(cached)
+        rows["request_json"].append(canonical_json(cell.request))
+        if len(rows["cell_id"]) >= _BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as one row group."""
+        if not self.rows["cell_id"]:
+            return
+        fixed = {
+            "cell_id": pa.string(),
+            "cell_index": pa.int64(),
+            "seed": pa.int64(),
+            "numberResults": pa.int64(),
+            "estimated_cost_usd": pa.float64(),
+            "cached": pa.bool_(),
+            "request_json": pa.string(),
+        }
+        arrays = {}
+        for name, values in self.rows.items():
+            if name in fixed:
+                arrays[name] = pa.array(values, type=fixed[name])
+            elif name in self.string_axes:
+                arrays[name] = pa.array(values, type=pa.string())
+            elif self.schema is None:
+                arrays[name] = pa.array(values)
+            else:
+                try:
+                    arrays[name] = pa.array(values, type=self.schema.field(name).type)
+                except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                    raise _AxisTypeChanged(name) from exc
+        table = pa.table(arrays)
+        if self.writer is None:
+            self.schema = table.schema
+            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        self.writer.write_table(table)
+        self.rows = self._empty()
+
+    def close(self) -> Path:
+        """Finish the file and move it into place."""
+        self.flush()
+        if self.writer is None:  # no rows at all: still leave a readable, empty plan
+            table = pa.table({n: pa.array([], type=pa.string()) for n in self._empty()})
+            pq.write_table(table, self.tmp)
+        else:
+            self.writer.close()
+        os.replace(self.tmp, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        """Drop the temporary file (validation failed or the pass was restarted)."""
+        if self.writer is not None:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _price_note(table: dict[str, Any]) -> str:
+    return f"prices of {table.get('date', '?')} ({table.get('source', 'unknown source')})"
+
+
+def check_budget(plan: Plan) -> None:
+    """Refuse a plan whose estimate for the cells still to run is over the budget."""
+    if plan.estimate_usd > plan.budget_usd + 1e-9:
+        raise BudgetExceeded(
+            f"the plan's estimate ${plan.estimate_usd:,.2f} is over the budget "
+            f"${plan.budget_usd:,.2f}; nothing was sent. Raise it with budget.max_usd="
+            f"{_round_up(plan.estimate_usd)}, or shrink the sweep (sample, shard, fewer seeds)."
+        )
+
+
+def _round_up(usd: float) -> str:
+    return f"{(int(usd * 100) + 1) / 100:.2f}"
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as a few aligned lines for a person."""
+    shard = f" (shard {plan.shard[0]} of {plan.shard[1]})" if plan.shard[1] > 1 else ""
+    lines = [
+        f"plan{shard}",
+        f"  cells        {plan.cells:>12,}",
+        f"  images       {plan.images:>12,}",
+        f"  cached       {plan.cached_images:>12,}   (already paid for, taken from the store)",
+        f"  to run       {plan.todo_images:>12,}",
+        f"  estimate     {'$' + format(plan.estimate_usd, ',.2f'):>12}   {plan.price_note}",
+        f"  budget       {'$' + format(plan.budget_usd, ',.2f'):>12}",
+    ]
+    if plan.path is not None:
+        lines.append(f"  every request: {plan.path}")
+    return "\n".join(lines)

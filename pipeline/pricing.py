@@ -1,0 +1,41 @@
+"""Price table lookup and per-request cost estimates (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+PRICE_TABLE_PATH = Path(__file__).resolve().parent.parent / "conf" / "pricing" / "runware.yaml"
+
+
+def load_price_table(path: Path = PRICE_TABLE_PATH) -> dict[str, Any]:
+    """Read a price table YAML file into plain data."""
+    try:
+        table = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read price table {path}: {exc}") from exc
+    if not isinstance(table, dict) or not isinstance(table.get("models"), dict):
+        raise ConfigError(f"price table {path} has no `models` mapping")
+    return table
+
+
+def unit_price(request: dict[str, Any], table: dict[str, Any]) -> float:
+    """Price of one image of `request`: moodboards beat reference images beat plain text."""
+    model = request.get("model")
+    prices = table["models"].get(model)
+    if prices is None:
+        raise ConfigError(f"no price for model {model!r} in the price table")
+    if (request.get("settings") or {}).get("moodboards"):
+        return float(prices["with_moodboards"])
+    if (request.get("inputs") or {}).get("referenceImages"):
+        return float(prices["with_reference_images"])
+    return float(prices["per_image"])
+
+
+def estimate(request: dict[str, Any], table: dict[str, Any]) -> float:
+    """Estimated USD for a whole request: unit price × numberResults."""
+    return unit_price(request, table) * int(request.get("numberResults", 1))

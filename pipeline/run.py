@@ -1,0 +1,137 @@
+"""krea-run: expand → validate → plan (count, price, budget) → run → manifest."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from pipeline import settings
+from pipeline.entry import CONF_DIR, JobContext, job_context, report_errors, to_plain
+from pipeline.errors import ConfigError
+from pipeline.plan import check_budget, format_plan, in_shard, make_plan
+from pipeline.schema import validate_cells
+from pipeline.store import Store
+from pipeline.sweep import Cell, Sweep, expand, load_sweep
+
+
+def load(cfg: dict[str, Any], ctx: JobContext) -> Sweep:
+    """The sweep of this config, with paths resolved against its file's folder."""
+    spec = cfg.get("sweep")
+    if not isinstance(spec, dict):
+        raise ConfigError("no sweep selected: pass sweep=<name> (a file in conf/sweep/)")
+    base_dir = ctx.sweep_dir or Path(spec.get("dir") or CONF_DIR / "sweep")
+    return load_sweep({k: v for k, v in spec.items() if k != "dir"}, base_dir)
+
+
+def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
+    """The whole krea-run job on plain data; returns the exit code."""
+    api = settings.api_settings(cfg.get("api") or {})
+    runner_cfg = settings.runner_settings(cfg.get("runner") or {})
+    budget = settings.budget_usd(cfg)
+    shard = settings.shard_of(cfg)
+    dry_run = cfg.get("dry_run") is True
+    print(backend_line(api, dry_run), flush=True)
+    key = "" if dry_run else settings.api_key(api)  # a missing key fails before any work
+
+    sweep = load(cfg, ctx)
+    store = Store(Path(str((cfg.get("store") or {}).get("dir") or "outputs/.store")))
+    price_table = cfg.get("pricing") or {}
+
+    def cells() -> Iterable[Cell]:
+        return expand(sweep)
+
+    plan = make_plan(
+        cells,
+        price_table=price_table,
+        axis_names=sweep.axis_names,
+        budget_usd=budget,
+        store=store,
+        shard=shard,
+        out_dir=ctx.run_dir,
+        backend=api.backend,
+    )
+    print(format_plan(plan), flush=True)
+    check_budget(plan)
+    if dry_run:
+        print("dry run: stopped after the plan; nothing was sent.", flush=True)
+        return 0
+    if api.backend == "runware" and plan.todo_images and cfg.get("confirm", True):
+        if sys.stdin.isatty() and not _confirmed(plan.estimate_usd, plan.todo_images):
+            print("not confirmed: nothing was sent.", flush=True)
+            return 1
+
+    from pipeline import runner  # the run itself; imported here so a dry run stays light
+
+    with ExitStack() as stack:
+        base_url = api.base_url
+        if api.backend == "emulator" and base_url is None:
+            base_url = stack.enter_context(_builtin_emulator(api))
+        assert base_url is not None
+        return runner.run_sweep(
+            cells=(c for c in validate_cells(cells()) if in_shard(c.cell_id, *shard)),
+            plan=plan,
+            sweep=sweep,
+            api=api,
+            base_url=base_url,
+            key=key,
+            runner_cfg=runner_cfg,
+            store=store,
+            price_table=price_table,
+            run_dir=ctx.run_dir,
+        )
+
+
+def backend_line(api: settings.ApiSettings, dry_run: bool) -> str:
+    """The first line of output: which backend this run talks to."""
+    if api.backend == "runware":
+        return f"backend: runware ({api.base_url})" + (" — dry run, nothing sent" if dry_run else "")
+    if api.base_url:
+        return f"backend: emulator ({api.base_url})"
+    why = "no RUNWARE_API_KEY set; " if api.key_env else ""
+    state = "dry run, not started" if dry_run else "built-in, offline, nothing is billed"
+    return f"backend: emulator ({why}{state})"
+
+
+def _builtin_emulator(api: settings.ApiSettings) -> Any:
+    """Start the in-process emulator; a context manager yielding its base URL."""
+    from contextlib import contextmanager
+
+    from pipeline.emulator import Emulator
+
+    @contextmanager
+    def running() -> Any:
+        emu = Emulator(
+            0,
+            latency_s=api.latency_s,
+            faults=api.faults,
+            ledger=Path(api.ledger) if api.ledger else None,
+            fault_seed=api.fault_seed,
+        )
+        url = emu.start()
+        try:
+            yield url
+        finally:
+            emu.stop()
+
+    return running()
+
+
+def _confirmed(estimate_usd: float, images: int) -> bool:
+    answer = input(f"Spend up to ${estimate_usd:,.2f} on {images:,} images on Runware? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="run")
+def main(cfg: DictConfig) -> None:
+    """Console script `krea-run`."""
+    report_errors("krea-run", lambda: run_job(to_plain(cfg), job_context()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,365 @@
+"""Run a plan: bounded concurrency, the budget while running, crash-safe results, Ctrl-C.
+
+Threads: the main thread walks the cells in plan order, answers cached cells from the store, checks
+the budget and hands each remaining cell to a pool of daemon worker threads (at most
+`runner.concurrency` in flight). A worker journals the taskUUID (fsync'd) *before* the submit, so a
+run killed at any moment leaves enough to recover the task by its taskUUID instead of paying again.
+Results are journaled as they finish; the manifest is rebuilt from the journal at the end (and can be
+after a crash). A failed cell is a row, never an exception that unwinds the run; only a bad key or
+missing credits stop it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import images, manifest, pricing
+from pipeline.client import Client, Generation
+from pipeline.errors import ApiError, AuthError, CreditsError
+from pipeline.journal import Journal, read_journal
+from pipeline.plan import Plan
+from pipeline.progress import Progress
+from pipeline.settings import ApiSettings, RunnerSettings
+from pipeline.store import Store, StoredCell
+from pipeline.sweep import Cell, Sweep
+
+IMAGES_DIR = "images"
+
+
+@dataclass
+class Outcome:
+    """How a run ended."""
+
+    ok: int = 0
+    failed: int = 0
+    cached: int = 0
+    images: int = 0
+    billed_usd: float = 0.0
+    estimated_usd: float = 0.0
+    failures: Counter[str] = field(default_factory=Counter)
+    stopped: str = ""  # why submitting stopped early ("" when every cell was tried)
+    interrupted: bool = False
+    not_run: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 only when every cell is ok or cached; see the README's exit codes."""
+        if self.interrupted:
+            return 130
+        if self.stopped:
+            return 2
+        return 1 if self.failed else 0
+
+
+class _Stop(Exception):
+    """Raised inside the submit loop when submitting must end."""
+
+
+class Runner:
+    """One run of one plan against one backend."""
+
+    def __init__(
+        self,
+        *,
+        sweep: Sweep,
+        client: Client,
+        store: Store,
+        run_dir: Path,
+        price_table: dict[str, Any],
+        budget_usd: float,
+        cfg: RunnerSettings,
+        backend: str,
+        total_cells: int,
+    ) -> None:
+        self.sweep = sweep
+        self.client = client
+        self.store = store
+        self.run_dir = run_dir
+        self.images_dir = run_dir / IMAGES_DIR
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.price_table = price_table
+        self.budget = budget_usd
+        self.cfg = cfg
+        self.backend = backend
+        state = read_journal(run_dir)
+        failed_here = {row["cell_id"] for row in state.rows.values() if row["status"] == "failed"}
+        self.done_here = {
+            row["cell_id"]: row["status"]
+            for row in state.rows.values()
+            if row["cell_id"] not in failed_here
+        }
+        self.pending = dict(state.pending)
+        self.journal = Journal(
+            run_dir,
+            header={"axis_names": sweep.axis_names, "sweep": sweep.name, "backend": backend},
+        )
+        self.progress = Progress(
+            total_cells, budget_usd, mode=cfg.progress, log_every=cfg.log_every
+        )
+        self.outcome = Outcome()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._in_flight_usd = 0.0
+        self._stop_reason = ""
+        self._queue: queue.Queue[Cell | None] = queue.Queue()
+        self._workers = [
+            threading.Thread(target=self._work, name=f"krea-worker-{i}", daemon=True)
+            for i in range(cfg.concurrency)
+        ]
+
+    # -- the submit loop (main thread) --------------------------------------------------------
+
+    def run(self, cells: Iterable[Cell]) -> Outcome:
+        """Run every cell; returns how the run ended (never raises for a failed cell)."""
+        started = time.monotonic()
+        for worker in self._workers:
+            worker.start()
+        remaining = 0
+        try:
+            iterator = iter(cells)
+            for cell in iterator:
+                if self._stop_reason:
+                    remaining = 1 + sum(1 for _ in iterator)
+                    break
+                self._dispatch(cell)
+            self._drain(timeout=None)
+        except KeyboardInterrupt:
+            self.outcome.interrupted = True
+            self._stop("interrupted (Ctrl-C)")
+            print("\nstopping: no new submits; waiting for tasks in flight …", flush=True)
+            try:
+                self._drain(timeout=self.cfg.stop_grace_s)
+            except KeyboardInterrupt:
+                pass
+        finally:
+            for _ in self._workers:
+                self._queue.put(None)
+            self.progress.close()
+            with self._lock:
+                left = self._in_flight
+            if left:
+                self.journal.stop(f"{left} task(s) in flight at exit; recovered by taskUUID on rerun")
+            elif self._stop_reason:
+                self.journal.stop(self._stop_reason)
+            self.journal.close()
+        self.outcome.stopped = self._stop_reason if not self.outcome.interrupted else ""
+        self.outcome.not_run = remaining
+        self.outcome.wall_s = time.monotonic() - started
+        return self.outcome
+
+    def _dispatch(self, cell: Cell) -> None:
+        if cell.cell_id in self.done_here:
+            self._count(self.done_here[cell.cell_id], 0, 0.0)
+            return
+        if cell.cell_id not in self.pending:
+            stored = self.store.get(cell.cell_id, backend=self.backend)
+            if stored is not None:
+                self._from_store(cell, stored)
+                return
+        estimate = pricing.estimate(cell.request, self.price_table)
+        with self._idle:
+            while True:
+                if self._stop_reason:
+                    return
+                over = self.outcome.billed_usd + self._in_flight_usd + estimate > self.budget + 1e-9
+                if over and self._in_flight == 0:
+                    self._stop(
+                        f"budget reached: ${self.outcome.billed_usd:,.2f} billed, the next cell "
+                        f"would pass budget.max_usd=${self.budget:,.2f}"
+                    )
+                    return
+                if not over and self._in_flight < self.cfg.concurrency:
+                    break
+                self._idle.wait(0.5)
+            self._in_flight += 1
+            self._in_flight_usd += estimate
+        self._queue.put(cell)
+
+    def _drain(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._in_flight:
+                wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                if wait <= 0:
+                    return
+                self._idle.wait(wait)
+
+    def _stop(self, reason: str) -> None:
+        if not self._stop_reason:
+            self._stop_reason = reason
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            cell = self._queue.get()
+            if cell is None:
+                return
+            estimate = pricing.estimate(cell.request, self.price_table)
+            try:
+                self._run_cell(cell, estimate)
+            finally:
+                with self._idle:
+                    self._in_flight -= 1
+                    self._in_flight_usd -= estimate
+                    self._idle.notify_all()
+
+    def _run_cell(self, cell: Cell, estimate: float) -> None:
+        number = int(cell.request.get("numberResults", 1))
+        task_uuid = self.pending.get(cell.cell_id)
+        generation: Generation | None = None
+        try:
+            if task_uuid is not None:
+                generation = self.client.recover(task_uuid, number)
+            if generation is None:
+                task_uuid = task_uuid or str(uuid.uuid4())
+                self.journal.submit(cell.cell_id, task_uuid)
+                generation = self.client.generate(cell.request, task_uuid)
+        except ApiError as exc:
+            if isinstance(exc, AuthError | CreditsError):
+                self._stop(f"{type(exc).__name__}: {exc}")
+            self._record_failure(cell, estimate, exc, task_uuid)
+            return
+        except Exception as exc:  # an unexpected bug in one cell must not lose the others
+            self._record_failure(cell, estimate, exc, task_uuid)
+            return
+        self._record_success(cell, estimate, generation)
+
+    def _record_success(self, cell: Cell, estimate: float, gen: Generation) -> None:
+        base = manifest.cell_row(cell, estimated_cost_usd=estimate, backend=self.backend)
+        paths: list[str] = []
+        files: list[tuple[bytes, str]] = []
+        for index, image in enumerate(gen.images):
+            seed = image.seed if image.seed is not None else cell.seed
+            recipe = images.make_recipe(
+                cell.cell_id, gen.request, seed, index, sweep=self.sweep.name
+            )
+            data = images.embed_recipe(image.data, image.ext, recipe)
+            path = images.image_relpath(cell.cell_id, index, image.ext)
+            images.write_atomic(self.run_dir / path, data)
+            paths.append(path)
+            files.append((data, image.ext))
+        rows = manifest.generation_rows(base, gen, paths)
+        ok = [row for row in rows if row["status"] == "ok"]
+        if len(ok) == len(rows):  # only whole cells go in the store
+            self.store.put(cell.cell_id, manifest.store_record(ok), files)
+        self.journal.results(rows)
+        billed = sum(float(row["cost_usd"] or 0.0) for row in ok)
+        self._count("ok" if len(ok) == len(rows) else "failed", len(ok), billed)
+        if len(ok) != len(rows):
+            with self._lock:
+                self.outcome.failures[str(rows[-1]["error_code"])] += 1
+
+    def _record_failure(
+        self, cell: Cell, estimate: float, exc: Exception, task_uuid: str | None
+    ) -> None:
+        base = manifest.cell_row(cell, estimated_cost_usd=estimate, backend=self.backend)
+        attempts = int(getattr(exc, "attempts", 0) or (1 if task_uuid else 0))
+        row = manifest.failed_row(base, exc, task_uuid=task_uuid, attempts=attempts)
+        self.journal.results([row])
+        self._count("failed", 0, 0.0)
+        with self._lock:
+            self.outcome.failures[str(row["error_code"])] += 1
+
+    def _from_store(self, cell: Cell, stored: StoredCell) -> None:
+        record = stored.record
+        paths = [
+            images.image_relpath(cell.cell_id, img["result_index"], img["ext"])
+            for img in record["images"]
+        ]
+        self.store.link_images(cell.cell_id, self.images_dir, [Path(p).name for p in paths])
+        base = manifest.cell_row(cell, estimated_cost_usd=0.0, backend=self.backend)
+        rows = manifest.cached_rows(base, record, paths)
+        self.journal.results(rows, sync=False)  # re-derivable from the store: no fsync per cell
+        self._count("cached", len(rows), 0.0)
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _count(self, status: str, n_images: int, billed: float) -> None:
+        with self._lock:
+            setattr(self.outcome, status, getattr(self.outcome, status) + 1)
+            self.outcome.images += n_images
+            self.outcome.billed_usd += billed
+        self.progress.add(status, n_images, billed)
+
+
+def run_sweep(
+    *,
+    cells: Iterable[Cell],
+    plan: Plan,
+    sweep: Sweep,
+    api: ApiSettings,
+    base_url: str,
+    key: str,
+    runner_cfg: RunnerSettings,
+    store: Store,
+    price_table: dict[str, Any],
+    run_dir: Path,
+) -> int:
+    """Run the cells, write the manifest, print the summary; returns the exit code."""
+    client = Client(
+        base_url,
+        key,
+        timeout_s=api.timeout_s,
+        connect_timeout_s=api.connect_timeout_s,
+        max_retries=runner_cfg.max_retries,
+        delivery=api.delivery,
+        output_type=api.output_type,
+        upload_refs=api.upload_refs,
+        batch_polls=api.batch_polls,
+        poll_timeout_s=api.poll_timeout_s,
+        pool_size=max(runner_cfg.concurrency, 4),
+    )
+    try:
+        runner = Runner(
+            sweep=sweep,
+            client=client,
+            store=store,
+            run_dir=run_dir,
+            price_table=price_table,
+            budget_usd=plan.budget_usd,
+            cfg=runner_cfg,
+            backend=api.backend,
+            total_cells=plan.cells,
+        )
+        outcome = runner.run(cells)
+    finally:
+        client.close()
+    outcome.estimated_usd = plan.estimate_usd
+    frame = manifest.rebuild(run_dir, sweep.axis_names)
+    parquet_path, _ = manifest.write(frame, run_dir)
+    print(summary(outcome, frame, run_dir, parquet_path), flush=True)
+    return outcome.exit_code
+
+
+def summary(outcome: Outcome, frame: Any, run_dir: Path, parquet_path: Path) -> str:
+    """The end-of-run summary for a person."""
+    failed = frame[frame["status"] == "failed"]
+    by_code = failed["error_code"].value_counts().to_dict() if len(failed) else {}
+    lines = [
+        "",
+        f"images   {int((frame['status'] != 'failed').sum()):,} "
+        f"({outcome.ok:,} cells run, {outcome.cached:,} cached, {outcome.failed:,} failed)",
+    ]
+    if by_code:
+        lines.append("failures " + ", ".join(f"{code} × {n}" for code, n in by_code.items()))
+    billed = float(frame["cost_usd"].fillna(0).sum())
+    lines.append(f"cost     ${billed:,.2f} billed vs ${outcome.estimated_usd:,.2f} estimated")
+    lines.append(f"wall     {outcome.wall_s:,.1f} s")
+    if outcome.interrupted:
+        lines.append("stopped  interrupted; rerun the same command to finish (nothing is paid twice)")
+    elif outcome.stopped:
+        lines.append(f"stopped  {outcome.stopped}; {outcome.not_run:,} cell(s) not run")
+    lines.append(f"outputs  {run_dir}  (manifest: {parquet_path.name}, images/)")
+    lines.append(f"next     krea-report run_dir={run_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""The pipeline's own settings, checked from plain config data (pure; no Hydra here)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pipeline.errors import ConfigError
+
+FAULT_NAMES = ("http_429", "http_500", "http_503", "disconnect", "stall")
+RUNWARE_URL = "https://api.runware.ai/v1"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Where requests go and how the client talks to it."""
+
+    backend: str  # "runware" | "emulator" once resolved
+    base_url: str | None
+    timeout_s: float
+    connect_timeout_s: float
+    delivery: str
+    output_type: str
+    upload_refs: bool
+    batch_polls: bool
+    poll_timeout_s: float
+    key_env: str
+    key_file: str | None
+    latency_s: float = 0.0
+    fault_seed: int | None = None
+    ledger: str | None = None
+    faults: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """Concurrency, retries and progress display."""
+
+    concurrency: int
+    max_retries: int
+    progress: str
+    log_every: int
+    stop_grace_s: float
+
+
+def _num(cfg: dict[str, Any], key: str, where: str, *, kind: type = float, low: float = 0) -> Any:
+    value = cfg.get(key)
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok or value < low:
+        want = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{where}.{key} must be {want} ≥ {low}, got {value!r}")
+    return kind(value)
+
+
+def _choice(cfg: dict[str, Any], key: str, where: str, allowed: tuple[str, ...]) -> str:
+    value = cfg.get(key)
+    if value not in allowed:
+        raise ConfigError(f"{where}.{key} must be one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
+
+
+def _bool(cfg: dict[str, Any], key: str, where: str) -> bool:
+    value = cfg.get(key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")
+    return value
+
+
+def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> ApiSettings:
+    """Check the `api` node and resolve `backend: auto` from the environment."""
+    env = dict(os.environ) if environ is None else environ
+    backend = _choice(cfg, "backend", "api", ("auto", "runware", "emulator"))
+    key_env = str(cfg.get("key_env") or "RUNWARE_API_KEY")
+    if backend == "auto":
+        has_key = bool(env.get(key_env)) or bool(cfg.get("key_file"))
+        backend = "runware" if has_key else "emulator"
+    base_url = cfg.get("base_url")
+    if backend == "runware" and not base_url:
+        base_url = RUNWARE_URL
+    if base_url is not None:
+        parsed = urlparse(str(base_url))
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(f"api.base_url must be an http(s) URL, got {base_url!r}")
+        if backend == "emulator" and not is_loopback(str(base_url)):
+            raise ConfigError(f"api=emulator only talks to loopback addresses, got {base_url}")
+    faults = dict(cfg.get("faults") or {})
+    for name, rate in faults.items():
+        if name not in FAULT_NAMES:
+            raise ConfigError(f"api.faults.{name} is not a fault; known: {', '.join(FAULT_NAMES)}")
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
+            raise ConfigError(f"api.faults.{name} must be a probability 0..1, got {rate!r}")
+    fault_seed = cfg.get("fault_seed")
+    if fault_seed is not None and not isinstance(fault_seed, int):
+        raise ConfigError(f"api.fault_seed must be a whole number or null, got {fault_seed!r}")
+    return ApiSettings(
+        backend=backend,
+        base_url=str(base_url) if base_url else None,
+        timeout_s=_num(cfg, "timeout_s", "api", low=0.001),
+        connect_timeout_s=_num(cfg, "connect_timeout_s", "api", low=0.001),
+        delivery=_choice(cfg, "delivery", "api", ("async", "sync")),
+        output_type=_choice(cfg, "output_type", "api", ("base64Data", "dataURI", "URL")),
+        upload_refs=_bool(cfg, "upload_refs", "api"),
+        batch_polls=_bool(cfg, "batch_polls", "api"),
+        poll_timeout_s=_num(cfg, "poll_timeout_s", "api", low=0.001),
+        key_env=key_env,
+        key_file=str(cfg["key_file"]) if cfg.get("key_file") else None,
+        latency_s=_num(cfg, "latency_s", "api"),
+        fault_seed=fault_seed,
+        ledger=str(cfg["ledger"]) if cfg.get("ledger") else None,
+        faults={k: float(v) for k, v in faults.items()},
+    )
+
+
+def api_key(api: ApiSettings, environ: dict[str, str] | None = None) -> str:
+    """The API key, from the environment or the key file only; a fixed dummy for the emulator."""
+    env = dict(os.environ) if environ is None else environ
+    if api.key_file:
+        try:
+            key = Path(api.key_file).expanduser().read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read api.key_file {api.key_file}: {exc.strerror}") from exc
+        if key:
+            return key
+    key = env.get(api.key_env, "")
+    if key:
+        return key
+    if api.backend == "emulator":
+        return "emulator-key"
+    raise ConfigError(
+        f"api=runware needs an API key: set {api.key_env} in the environment "
+        "(or api.key_file), or use api=emulator to run offline"
+    )
+
+
+def runner_settings(cfg: dict[str, Any]) -> RunnerSettings:
+    """Check the `runner` node."""
+    return RunnerSettings(
+        concurrency=max(1, _num(cfg, "concurrency", "runner", kind=int, low=1)),
+        max_retries=_num(cfg, "max_retries", "runner", kind=int),
+        progress=_choice(cfg, "progress", "runner", ("auto", "bar", "log", "none")),
+        log_every=max(1, _num(cfg, "log_every", "runner", kind=int, low=1)),
+        stop_grace_s=_num(cfg, "stop_grace_s", "runner"),
+    )
+
+
+def budget_usd(cfg: dict[str, Any]) -> float:
+    """`budget.max_usd` as a float ≥ 0."""
+    return float(_num(cfg.get("budget") or {}, "max_usd", "budget"))
+
+
+def shard_of(cfg: dict[str, Any]) -> tuple[int, int]:
+    """`(shard.index, shard.count)`, checked."""
+    shard = cfg.get("shard") or {}
+    count = _num(shard, "count", "shard", kind=int, low=1)
+    index = _num(shard, "index", "shard", kind=int)
+    if index >= count:
+        raise ConfigError(f"shard.index must be below shard.count ({count}), got {index}")
+    return index, count
+
+
+def is_loopback(url: str) -> bool:
+    """Whether a URL points at this machine (127.0.0.0/8, ::1 or localhost)."""
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,71 @@
+"""Shared fixtures: an isolated cwd and environment, Hydra compose, and the console scripts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test runs in its own empty folder, with no Runware key in the environment."""
+    monkeypatch.delenv("RUNWARE_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def compose_config(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Compose conf/<name>.yaml with overrides, as plain data (Hydra's compose API)."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name=name, overrides=overrides or [])
+            data = OmegaConf.to_container(cfg, resolve=False)
+    finally:
+        GlobalHydra.instance().clear()
+    assert isinstance(data, dict)
+    return {str(k): v for k, v in data.items()}
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for a console-script subprocess: no key, the repo importable."""
+    env = {k: v for k, v in os.environ.items() if k != "RUNWARE_API_KEY"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    module: str, *args: str, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m pipeline.<module> args…` in `cwd` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", f"pipeline.{module}", *args],
+        cwd=cwd,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def emulator() -> Iterator[Any]:
+    """A fresh in-process emulator on loopback."""
+    from pipeline.emulator import Emulator
+
+    with Emulator(0) as emu:
+        yield emu

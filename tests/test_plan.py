@@ -1,0 +1,124 @@
+"""The plan: shards, counts, store hits, prices, budget and plan.parquet."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from pipeline.errors import BudgetExceeded
+from pipeline.plan import Plan, check_budget, format_plan, in_shard, make_plan
+from pipeline.pricing import estimate, load_price_table
+from pipeline.sweep import Cell
+
+TABLE = load_price_table()
+
+
+def _cell(index: int, axes: dict[str, Any], **request: Any) -> Cell:
+    base = {
+        "model": "krea:krea@2-large",
+        "positivePrompt": f"p{index}",
+        "width": 1024,
+        "height": 1024,
+        "seed": index,
+    }
+    base.update(request)
+    return Cell(index=index, axes=axes, request=base, seed=index, cell_id=f"{index:020x}")
+
+
+def _cells(n: int = 10) -> list[Cell]:
+    return [_cell(i, {"vars.k": i % 3}) for i in range(n)]
+
+
+class FakeStore:
+    def __init__(self, ids: Iterable[str]) -> None:
+        self.ids = set(ids)
+
+    def has(self, cell_id: str, *, backend: str | None = None) -> bool:
+        return cell_id in self.ids
+
+
+@pytest.mark.parametrize(
+    ("request_", "usd"),
+    [
+        ({"model": "krea:krea@2-large"}, 0.06),
+        ({"model": "krea:krea@2-large", "numberResults": 3}, 0.18),
+        ({"model": "krea:krea@2-large", "inputs": {"referenceImages": ["x"]}}, 0.065),
+        (
+            {
+                "model": "krea:krea@2-large",
+                "settings": {"moodboards": [{"id": "m"}]},
+                "inputs": {"referenceImages": ["x"]},
+            },
+            0.07,
+        ),
+    ],
+)
+def test_estimate(request_: dict[str, Any], usd: float) -> None:
+    assert estimate(request_, TABLE) == pytest.approx(usd)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_shards_are_disjoint_and_cover(count: int) -> None:
+    ids = [f"{i:020x}" for i in range(500)]
+    owners = [[s for s in range(count) if in_shard(cid, s, count)] for cid in ids]
+    assert all(len(o) == 1 for o in owners)
+
+
+def test_plan_counts_prices_and_store_hits(tmp_path: Path) -> None:
+    cells = _cells(10)
+    store = FakeStore([cells[0].cell_id, cells[1].cell_id])
+    plan = make_plan(
+        lambda: cells,
+        price_table=TABLE,
+        axis_names=["vars.k"],
+        budget_usd=5.0,
+        store=store,
+        out_dir=tmp_path,
+    )
+    assert (plan.cells, plan.images, plan.cached_images, plan.todo_images) == (10, 10, 2, 8)
+    assert plan.estimate_usd == pytest.approx(0.48)
+    frame = pd.read_parquet(tmp_path / "plan.parquet")
+    assert list(frame.columns) == [
+        "cell_id",
+        "cell_index",
+        "seed",
+        "vars.k",
+        "numberResults",
+        "estimated_cost_usd",
+        "cached",
+        "request_json",
+    ]
+    assert frame["cached"].sum() == 2 and frame["cell_index"].tolist() == list(range(10))
+    assert "to run" in format_plan(plan)
+
+
+def test_plan_of_one_shard(tmp_path: Path) -> None:
+    cells = _cells(40)
+    parts = [
+        make_plan(lambda: cells, price_table=TABLE, axis_names=[], budget_usd=5, shard=(i, 2)).cells
+        for i in range(2)
+    ]
+    assert sum(parts) == 40 and all(parts)
+
+
+def test_mixed_type_axis_is_written_as_text(tmp_path: Path) -> None:
+    cells = [_cell(i, {"a": i}) for i in range(10_005)] + [_cell(10_005, {"a": "x"})]
+    make_plan(lambda: cells, price_table=TABLE, axis_names=["a"], budget_usd=1e6, out_dir=tmp_path)
+    frame = pd.read_parquet(tmp_path / "plan.parquet")
+    assert frame["a"].tolist()[-2:] == ["10004", "x"]
+
+
+@pytest.mark.parametrize(
+    ("estimate_usd", "budget", "refused"), [(1.0, 1.0, False), (1.01, 1.0, True)]
+)
+def test_budget_gate(estimate_usd: float, budget: float, refused: bool) -> None:
+    plan = Plan(cells=1, images=1, estimate_usd=estimate_usd, budget_usd=budget)
+    if refused:
+        with pytest.raises(BudgetExceeded, match=r"budget.max_usd=1\.02"):
+            check_budget(plan)
+    else:
+        check_budget(plan)

@@ -1,0 +1,92 @@
+"""Config composition and the pipeline's own settings (backend choice, key handling)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SWEEPS, compose_config
+
+from pipeline.errors import ConfigError
+from pipeline.settings import api_key, api_settings, is_loopback
+
+
+def _api(name: str, **overrides: Any) -> dict[str, Any]:
+    api = compose_config("run", [f"api={name}"])["api"]
+    api.update(overrides)
+    return api
+
+
+@pytest.mark.parametrize(
+    ("group", "env", "backend", "url"),
+    [
+        ("auto", {}, "emulator", None),
+        ("auto", {"RUNWARE_API_KEY": "k"}, "runware", "https://api.runware.ai/v1"),
+        ("emulator", {"RUNWARE_API_KEY": "k"}, "emulator", None),
+        ("runware", {}, "runware", "https://api.runware.ai/v1"),
+    ],
+)
+def test_backend_resolution(group: str, env: dict[str, str], backend: str, url: str | None) -> None:
+    api = api_settings(_api(group), env)
+    assert (api.backend, api.base_url) == (backend, url)
+
+
+def test_key_comes_from_environment_or_file(tmp_path: Path) -> None:
+    assert (
+        api_key(
+            api_settings(_api("runware"), {"RUNWARE_API_KEY": "env-key"}),
+            {"RUNWARE_API_KEY": "env-key"},
+        )
+        == "env-key"
+    )
+    (tmp_path / "key").write_text("file-key\n")
+    api = api_settings(_api("runware", key_file=str(tmp_path / "key")), {})
+    assert api_key(api, {}) == "file-key"
+    with pytest.raises(ConfigError, match="RUNWARE_API_KEY"):
+        api_key(api_settings(_api("runware"), {}), {})
+
+
+def test_emulator_backend_refuses_a_remote_url() -> None:
+    with pytest.raises(ConfigError, match="loopback"):
+        api_settings(_api("emulator", base_url="http://10.1.2.3/v1"), {})
+
+
+@pytest.mark.parametrize(
+    ("url", "loopback"),
+    [
+        ("http://127.0.0.1:9/v1", True),
+        ("http://127.8.0.1/v1", True),
+        ("http://localhost/v1", True),
+        ("http://[::1]:80/v1", True),
+        ("https://api.runware.ai/v1", False),
+        ("http://192.168.1.2/v1", False),
+    ],
+)
+def test_is_loopback(url: str, loopback: bool) -> None:
+    assert is_loopback(url) is loopback
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_sweep_file_composes(name: str) -> None:
+    cfg = compose_config("run", [f"sweep={name}"])
+    assert cfg["sweep"]["name"]
+
+
+@pytest.mark.parametrize("name", ["run", "report", "reproduce"])
+def test_every_primary_config_composes(name: str) -> None:
+    overrides = {"report": ["run_dir=x"], "reproduce": ["select=[a]"]}.get(name, [])
+    assert compose_config(name, overrides)
+
+
+def test_every_conf_key_has_a_comment() -> None:
+    root = Path(__file__).resolve().parent.parent / "conf"
+    missing = []
+    for path in root.rglob("*.yaml"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith(("#", "- ")) or ":" not in stripped:
+                continue
+            if "#" not in stripped:
+                missing.append(f"{path.relative_to(root)}:{number}: {stripped}")
+    assert not missing, "keys without a comment:\n" + "\n".join(missing)
