@@ -1,4 +1,4 @@
-"""The plan: count, price and budget-check every cell before anything is sent; write plan.parquet."""
+"""The plan: count, price and budget-check every cell before anything is sent."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from pipeline import pricing
 from pipeline.errors import BudgetExceeded
+from pipeline.pricing import usd
 from pipeline.schema import ProblemLog, validate_cells
 from pipeline.sweep import Cell, canonical_json
 
@@ -78,7 +79,14 @@ def make_plan(
     while True:
         try:
             return _plan_pass(
-                cells(), price_table, axis_names, budget_usd, store, shard, out_dir, string_axes,
+                cells(),
+                price_table,
+                axis_names,
+                budget_usd,
+                store,
+                shard,
+                out_dir,
+                string_axes,
                 backend,
             )
         except _AxisTypeChanged as changed:
@@ -145,7 +153,9 @@ class _PlanWriter:
 
     def _empty(self) -> dict[str, list[Any]]:
         cols = ["cell_id", "cell_index", "seed", *self.axis_names]
-        return {c: [] for c in [*cols, "numberResults", "estimated_cost_usd", "cached", "request_json"]}
+        return {
+            c: [] for c in [*cols, "numberResults", "estimated_cost_usd", "cached", "request_json"]
+        }
 
     def add(self, cell: Cell, cost: float, cached: bool) -> None:
         """Buffer one row; flush a batch when full."""
@@ -217,15 +227,15 @@ class _PlanWriter:
 
 
 def _price_note(table: dict[str, Any]) -> str:
-    return f"prices of {table.get('date', '?')} ({table.get('source', 'unknown source')})"
+    return f"at prices of {table.get('date', '?')} (conf/pricing)"
 
 
 def check_budget(plan: Plan) -> None:
     """Refuse a plan whose estimate for the cells still to run is over the budget."""
     if plan.estimate_usd > plan.budget_usd + 1e-9:
         raise BudgetExceeded(
-            f"the plan's estimate ${plan.estimate_usd:,.2f} is over the budget "
-            f"${plan.budget_usd:,.2f}; nothing was sent. Raise it with budget.max_usd="
+            f"the plan's estimate {usd(plan.estimate_usd)} is over the budget "
+            f"{usd(plan.budget_usd)}; nothing was sent. Raise it with budget.max_usd="
             f"{_round_up(plan.estimate_usd)}, or shrink the sweep (sample, shard, fewer seeds)."
         )
 
@@ -243,8 +253,8 @@ def format_plan(plan: Plan) -> str:
         f"  images       {plan.images:>12,}",
         f"  cached       {plan.cached_images:>12,}   (already paid for, taken from the store)",
         f"  to run       {plan.todo_images:>12,}",
-        f"  estimate     {'$' + format(plan.estimate_usd, ',.2f'):>12}   {plan.price_note}",
-        f"  budget       {'$' + format(plan.budget_usd, ',.2f'):>12}",
+        f"  estimate     {usd(plan.estimate_usd):>12}   {plan.price_note}",
+        f"  budget       {usd(plan.budget_usd):>12}",
     ]
     if plan.path is not None:
         lines.append(f"  every request: {plan.path}")

@@ -39,3 +39,9 @@ def unit_price(request: dict[str, Any], table: dict[str, Any]) -> float:
 def estimate(request: dict[str, Any], table: dict[str, Any]) -> float:
     """Estimated USD for a whole request: unit price × numberResults."""
     return unit_price(request, table) * int(request.get("numberResults", 1))
+
+
+def usd(amount: float) -> str:
+    """Dollars as people read them: cents, or tenths of a cent where prices need them ($2.205)."""
+    cents = round(amount * 100, 6)
+    return f"${amount:,.2f}" if cents == int(cents) else f"${amount:,.3f}"

@@ -7,12 +7,19 @@ import threading
 import time
 from typing import TextIO
 
+from pipeline.pricing import usd
+
 
 class Progress:
     """Counts finished cells and shows done / failed / cached / remaining, rate, ETA and dollars."""
 
     def __init__(
-        self, total_cells: int, budget_usd: float, *, mode: str = "auto", log_every: int = 25,
+        self,
+        total_cells: int,
+        budget_usd: float,
+        *,
+        mode: str = "auto",
+        log_every: int = 25,
         stream: TextIO | None = None,
     ) -> None:
         self.stream = stream or sys.stdout
@@ -54,7 +61,7 @@ class Progress:
         return (
             f"done {self.ok:,} · failed {self.failed:,} · cached {self.cached:,} · "
             f"remaining {remaining:,} · {rate:.1f} img/s · ETA {eta} · "
-            f"${self.billed:,.2f} of ${self.budget:,.2f}"
+            f"{usd(self.billed)} of {usd(self.budget)}"
         )
 
     def _show(self) -> None:

@@ -15,6 +15,7 @@ from pipeline import settings
 from pipeline.entry import CONF_DIR, JobContext, job_context, report_errors, to_plain
 from pipeline.errors import ConfigError
 from pipeline.plan import check_budget, format_plan, in_shard, make_plan
+from pipeline.pricing import usd
 from pipeline.schema import validate_cells
 from pipeline.store import Store
 from pipeline.sweep import Cell, Sweep, expand, load_sweep
@@ -61,10 +62,10 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
     if dry_run:
         print("dry run: stopped after the plan; nothing was sent.", flush=True)
         return 0
-    if api.backend == "runware" and plan.todo_images and cfg.get("confirm", True):
-        if sys.stdin.isatty() and not _confirmed(plan.estimate_usd, plan.todo_images):
-            print("not confirmed: nothing was sent.", flush=True)
-            return 1
+    ask = api.backend == "runware" and plan.todo_images and cfg.get("confirm", True)
+    if ask and sys.stdin.isatty() and not _confirmed(plan.estimate_usd, plan.todo_images):
+        print("not confirmed: nothing was sent.", flush=True)
+        return 1
 
     from pipeline import runner  # the run itself; imported here so a dry run stays light
 
@@ -90,7 +91,9 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
 def backend_line(api: settings.ApiSettings, dry_run: bool) -> str:
     """The first line of output: which backend this run talks to."""
     if api.backend == "runware":
-        return f"backend: runware ({api.base_url})" + (" — dry run, nothing sent" if dry_run else "")
+        return f"backend: runware ({api.base_url})" + (
+            " — dry run, nothing sent" if dry_run else ""
+        )
     if api.base_url:
         return f"backend: emulator ({api.base_url})"
     why = "no RUNWARE_API_KEY set; " if api.key_env else ""
@@ -123,7 +126,7 @@ def _builtin_emulator(api: settings.ApiSettings) -> Any:
 
 
 def _confirmed(estimate_usd: float, images: int) -> bool:
-    answer = input(f"Spend up to ${estimate_usd:,.2f} on {images:,} images on Runware? [y/N] ")
+    answer = input(f"Spend up to {usd(estimate_usd)} on {images:,} images on Runware? [y/N] ")
     return answer.strip().lower() in ("y", "yes")
 
 

@@ -4,13 +4,14 @@ Threads: the main thread walks the cells in plan order, answers cached cells fro
 the budget and hands each remaining cell to a pool of daemon worker threads (at most
 `runner.concurrency` in flight). A worker journals the taskUUID (fsync'd) *before* the submit, so a
 run killed at any moment leaves enough to recover the task by its taskUUID instead of paying again.
-Results are journaled as they finish; the manifest is rebuilt from the journal at the end (and can be
-after a crash). A failed cell is a row, never an exception that unwinds the run; only a bad key or
-missing credits stop it.
+Results are journaled as they finish; the manifest is rebuilt from the journal at the end (and
+can be after a crash). A failed cell is a row, never an exception that unwinds the run; only a bad
+key or missing credits stop it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -26,6 +27,7 @@ from pipeline.client import Client, Generation
 from pipeline.errors import ApiError, AuthError, CreditsError
 from pipeline.journal import Journal, read_journal
 from pipeline.plan import Plan
+from pipeline.pricing import usd
 from pipeline.progress import Progress
 from pipeline.settings import ApiSettings, RunnerSettings
 from pipeline.store import Store, StoredCell
@@ -137,10 +139,8 @@ class Runner:
             self.outcome.interrupted = True
             self._stop("interrupted (Ctrl-C)")
             print("\nstopping: no new submits; waiting for tasks in flight …", flush=True)
-            try:
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: stop waiting
                 self._drain(timeout=self.cfg.stop_grace_s)
-            except KeyboardInterrupt:
-                pass
         finally:
             for _ in self._workers:
                 self._queue.put(None)
@@ -148,7 +148,9 @@ class Runner:
             with self._lock:
                 left = self._in_flight
             if left:
-                self.journal.stop(f"{left} task(s) in flight at exit; recovered by taskUUID on rerun")
+                self.journal.stop(
+                    f"{left} task(s) in flight at exit; recovered by taskUUID on rerun"
+                )
             elif self._stop_reason:
                 self.journal.stop(self._stop_reason)
             self.journal.close()
@@ -174,8 +176,8 @@ class Runner:
                 over = self.outcome.billed_usd + self._in_flight_usd + estimate > self.budget + 1e-9
                 if over and self._in_flight == 0:
                     self._stop(
-                        f"budget reached: ${self.outcome.billed_usd:,.2f} billed, the next cell "
-                        f"would pass budget.max_usd=${self.budget:,.2f}"
+                        f"budget reached: {usd(self.outcome.billed_usd)} billed, the next cell "
+                        f"would pass budget.max_usd={usd(self.budget)}"
                     )
                     return
                 if not over and self._in_flight < self.cfg.concurrency:
@@ -354,10 +356,12 @@ def summary(outcome: Outcome, frame: Any, run_dir: Path, parquet_path: Path) -> 
     if by_code:
         lines.append("failures " + ", ".join(f"{code} × {n}" for code, n in by_code.items()))
     billed = float(frame["cost_usd"].fillna(0).sum())
-    lines.append(f"cost     ${billed:,.2f} billed vs ${outcome.estimated_usd:,.2f} estimated")
+    lines.append(f"cost     {usd(billed)} billed vs {usd(outcome.estimated_usd)} estimated")
     lines.append(f"wall     {outcome.wall_s:,.1f} s")
     if outcome.interrupted:
-        lines.append("stopped  interrupted; rerun the same command to finish (nothing is paid twice)")
+        lines.append(
+            "stopped  interrupted; rerun the same command to finish (nothing is paid twice)"
+        )
     elif outcome.stopped:
         lines.append(f"stopped  {outcome.stopped}; {outcome.not_run:,} cell(s) not run")
     lines.append(f"outputs  {run_dir}  (manifest: {parquet_path.name}, images/)")
