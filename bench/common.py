@@ -30,7 +30,11 @@ def child(module: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
     env.pop("RUNWARE_API_KEY", None)
     done = subprocess.run(
         [sys.executable, "-m", f"bench.{module}", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("RESULT "):
@@ -42,5 +46,7 @@ def child(module: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
 def machine() -> str:
     """One line describing the machine."""
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, "
-            f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )

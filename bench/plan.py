@@ -1,4 +1,4 @@
-"""Plan benchmark: expand, validate, hash and price N cells (plan.parquet included), in one process."""
+"""Plan benchmark: expand, validate, hash and price N cells, plan.parquet included."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pipeline.sweep import expand, load_sweep
 
 
 def main() -> None:
-    """Plan the sweep file given (default: conf/sweep/bench_100k.yaml) and report time and memory."""
+    """Plan a sweep file (default: conf/sweep/bench_100k.yaml); report time and memory."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--sweep", default="bench_100k")
     parser.add_argument("--seeds", type=int, default=0, help="replace the seeds by count N")
@@ -37,9 +37,15 @@ def main() -> None:
             out_dir=None if args.no_parquet else Path(tmp),
         )
     wall = time.perf_counter() - start
-    emit({"cells": plan.cells, "wall_s": round(wall, 2), "peak_mb": round(peak_rss_mb(), 1),
-          "us_per_cell": round(wall / max(plan.cells, 1) * 1e6, 1),
-          "estimate_usd": round(plan.estimate_usd, 2)})
+    emit(
+        {
+            "cells": plan.cells,
+            "wall_s": round(wall, 2),
+            "peak_mb": round(peak_rss_mb(), 1),
+            "us_per_cell": round(wall / max(plan.cells, 1) * 1e6, 1),
+            "estimate_usd": round(plan.estimate_usd, 2),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What the three Hydra entry points share: config location, plain-data conversion, error reporting."""
+"""What the three Hydra entry points share: config location, plain data, error reporting."""
 
 from __future__ import annotations
 
@@ -70,5 +70,5 @@ def report_errors(command: str, job: Callable[[], int]) -> None:
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr, flush=True)
         code = 130
-    if code and not HydraConfig.get().mode == RunMode.MULTIRUN:
+    if code and HydraConfig.get().mode != RunMode.MULTIRUN:
         sys.exit(code)

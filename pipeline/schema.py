@@ -36,7 +36,9 @@ def request_schema() -> dict[str, Any]:
 
 
 @cache
-def _validators() -> tuple[jsonschema.Draft202012Validator, dict[str, jsonschema.Draft202012Validator]]:
+def _validators() -> tuple[
+    jsonschema.Draft202012Validator, dict[str, jsonschema.Draft202012Validator]
+]:
     schema = request_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     full = jsonschema.Draft202012Validator(schema)
@@ -82,7 +84,10 @@ def describe(error: jsonschema.ValidationError) -> tuple[str, str]:
         extra = sorted(set(value) - set(schema.get("properties", {})))
         allowed = ", ".join(sorted(schema.get("properties", {})))
         where = f"{path}." if error.absolute_path else ""
-        return f"{where}{extra[0]}", f"unknown key (Krea 2 Large does not take it); allowed: {allowed}"
+        return (
+            f"{where}{extra[0]}",
+            f"unknown key (Krea 2 Large does not take it); allowed: {allowed}",
+        )
     if kind in ("minItems", "maxItems"):
         lo, hi = schema.get("minItems", 0), schema.get("maxItems", "any")
         return path, f"has {len(value)} items; allowed: {lo} to {hi}"
@@ -119,7 +124,9 @@ def _shape_problems(shape_json: str) -> tuple[tuple[str, str], ...]:
     full, _ = _validators()
     task = {**_ATTEMPT_FIELDS, "positivePrompt": "x", **json.loads(shape_json)}
     errors = list(full.iter_errors(task))
-    own_size_error = any(e.absolute_path and e.absolute_path[0] in ("width", "height") for e in errors)
+    own_size_error = any(
+        e.absolute_path and e.absolute_path[0] in ("width", "height") for e in errors
+    )
     found: list[tuple[str, str]] = []
     for error in errors:
         if error.validator == "anyOf" and not error.absolute_path and own_size_error:
@@ -130,7 +137,7 @@ def _shape_problems(shape_json: str) -> tuple[tuple[str, str], ...]:
 
 @dataclass
 class ProblemLog:
-    """Problems grouped by (path, message): a sweep where 4,000 cells share one mistake says it once."""
+    """Problems grouped by (path, message): 4,000 cells sharing one mistake say it once."""
 
     groups: dict[tuple[str, str], list[Cell]] = field(default_factory=dict)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)

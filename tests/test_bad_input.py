@@ -1,4 +1,4 @@
-"""Every mistake a user can make in a sweep or an override: one clear message, exit 1, no traffic."""
+"""Every mistake in a sweep or an override: one clear message, exit 1, no traffic."""
 
 from __future__ import annotations
 
