@@ -163,11 +163,10 @@ class Runner:
         if cell.cell_id in self.done_here:
             self._count(self.done_here[cell.cell_id], 0, 0.0)
             return
-        if cell.cell_id not in self.pending:
-            stored = self.store.get(cell.cell_id, backend=self.backend)
-            if stored is not None:
-                self._from_store(cell, stored)
-                return
+        stored = self.store.get(cell.cell_id, backend=self.backend)
+        if stored is not None:
+            self._from_store(cell, stored)
+            return
         estimate = pricing.estimate(cell.request, self.price_table)
         with self._idle:
             while True:
@@ -218,18 +217,23 @@ class Runner:
 
     def _run_cell(self, cell: Cell, estimate: float) -> None:
         number = int(cell.request.get("numberResults", 1))
-        task_uuid = self.pending.get(cell.cell_id)
+        # A taskUUID submitted before (this run dir's journal, or any run's intent in the store)
+        # may have been paid for: ask for it by that taskUUID before anything is submitted.
+        task_uuid = self.pending.get(cell.cell_id) or self.store.intent(cell.cell_id)
         generation: Generation | None = None
         try:
             if task_uuid is not None:
                 generation = self.client.recover(task_uuid, number)
             if generation is None:
                 task_uuid = task_uuid or str(uuid.uuid4())
+                self.store.record_intent(cell.cell_id, task_uuid)
                 self.journal.submit(cell.cell_id, task_uuid)
                 generation = self.client.generate(cell.request, task_uuid)
         except ApiError as exc:
             if isinstance(exc, AuthError | CreditsError):
                 self._stop(f"{type(exc).__name__}: {exc}")
+            if not exc.retryable:  # settled for good; a transient one may still run server-side
+                self.store.clear_intent(cell.cell_id)
             self._record_failure(cell, estimate, exc, task_uuid)
             return
         except Exception as exc:  # an unexpected bug in one cell must not lose the others
@@ -255,6 +259,7 @@ class Runner:
         ok = [row for row in rows if row["status"] == "ok"]
         if len(ok) == len(rows):  # only whole cells go in the store
             self.store.put(cell.cell_id, manifest.store_record(ok), files)
+        self.store.clear_intent(cell.cell_id)
         self.journal.results(rows)
         billed = sum(float(row["cost_usd"] or 0.0) for row in ok)
         self._count("ok" if len(ok) == len(rows) else "failed", len(ok), billed)
@@ -320,7 +325,7 @@ def run_sweep(
         upload_refs=api.upload_refs,
         batch_polls=api.batch_polls,
         poll_timeout_s=api.poll_timeout_s,
-        pool_size=max(runner_cfg.concurrency, 4),
+        pool_size=runner_cfg.concurrency + 8,
     )
     try:
         runner = Runner(

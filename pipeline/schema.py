@@ -65,7 +65,9 @@ def _allowed(schema: dict[str, Any]) -> str:
 def describe(error: jsonschema.ValidationError) -> tuple[str, str]:
     """One jsonschema error → (request path, what is wrong and what is allowed)."""
     path = json_path(error.absolute_path)
-    value, schema, kind = error.instance, error.schema, error.validator
+    value: Any = error.instance
+    schema: dict[str, Any] = error.schema if isinstance(error.schema, dict) else {}
+    kind = error.validator
     shown = json.dumps(value, ensure_ascii=False)
     if len(shown) > 80:
         shown = shown[:77] + "..."

@@ -52,7 +52,7 @@ def _num(cfg: dict[str, Any], key: str, where: str, *, kind: type = float, low: 
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     if kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
-    if not ok or value < low:
+    if not ok or value is None or value < low:
         want = "a whole number" if kind is int else "a number"
         raise ConfigError(f"{where}.{key} must be {want} ≥ {low}, got {value!r}")
     return kind(value)

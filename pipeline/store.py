@@ -11,6 +11,10 @@ it holds `request_json`, `backend`, `finished_at` and `images`: one entry per im
 `result_index, seed, image_uuid, task_uuid, sha256, cost, ext, nsfw`. The store adds `files`
 (the image file names, in the order given to `put`).
 
+Submit intents: before a task is submitted, `<root>/.intents/<cell_id>` records its taskUUID (and
+is removed once the cell is stored), so any later run, in any run dir, recovers that task by its
+taskUUID instead of paying for the cell again after a crash.
+
 Temp dirs left by a crashed writer are never read; they are removed when their writer is known to
 be dead (same host, pid gone) or when older than `stale_after_s`.
 """
@@ -33,6 +37,7 @@ from typing import Any
 
 RECORD_NAME = "record.json"
 TMP_DIR = ".tmp"
+INTENTS_DIR = ".intents"
 _CELL_ID_RE = re.compile(r"^[A-Za-z0-9_-]{2,128}$")
 _EXT_RE = re.compile(r"^[A-Za-z0-9]{1,8}$")
 _HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
@@ -159,6 +164,29 @@ class Store:
             if self.fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
+
+    def record_intent(self, cell_id: str, task_uuid: str) -> None:
+        """Durably note that `task_uuid` is about to be submitted for this cell."""
+        folder = self.root / INTENTS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / _check_id(cell_id)
+        tmp = folder / f".{cell_id}~{os.getpid()}~{secrets.token_hex(4)}"
+        self._write(tmp, task_uuid.encode())
+        os.replace(tmp, path)
+        if self.fsync:
+            _fsync_dir(folder)
+
+    def intent(self, cell_id: str) -> str | None:
+        """The taskUUID of an earlier submit of this cell that never reached the store, if any."""
+        try:
+            return (self.root / INTENTS_DIR / _check_id(cell_id)).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def clear_intent(self, cell_id: str) -> None:
+        """Forget the intent of a cell (it is stored, or its task failed for good)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / INTENTS_DIR / _check_id(cell_id)).unlink()
 
     def link_images(self, cell_id: str, dest_dir: Path, names: Sequence[str]) -> list[Path]:
         """Hardlink (else copy) the cell's images to `dest_dir/names[i]`, each atomically."""

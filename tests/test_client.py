@@ -1,0 +1,924 @@
+"""pipeline.client against real loopback HTTP: a scripted server, a small fake, the emulator."""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import io
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from PIL import Image
+
+from pipeline.client import Client, Generation, classify
+from pipeline.errors import (
+    ApiError,
+    AuthError,
+    CreditsError,
+    NotFoundError,
+    RateLimited,
+    RequestRejected,
+    SafetyError,
+    TransientError,
+)
+from tests.scripted_server import Recorded, Reply, ScriptedServer, ack, error_body, ok
+
+KEY = "test-key-123"
+REQUEST: dict[str, Any] = {
+    "model": "krea:krea@2-large",
+    "positivePrompt": "a lighthouse on a cliff at dusk",
+    "width": 1024,
+    "height": 1024,
+    "seed": 42,
+    "settings": {"creativity": "medium"},
+}
+
+
+def _image(fmt: str, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+PNG = _image("PNG")
+JPG = _image("JPEG", (10, 120, 200))
+PNG_B64 = base64.b64encode(PNG).decode()
+
+
+def tid() -> str:
+    return str(uuid.uuid4())
+
+
+def item(task_uuid: str, image_uuid: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A finished imageInference item with base64 PNG data."""
+    base = {
+        "taskType": "imageInference",
+        "taskUUID": task_uuid,
+        "imageUUID": image_uuid or tid(),
+        "imageBase64Data": PNG_B64,
+        "seed": 42,
+        "cost": 0.06,
+    }
+    return {**base, **extra}
+
+
+def not_found(task_uuid: str) -> Reply:
+    return Reply(
+        400,
+        error_body(
+            "taskFailedOrNotFound",
+            "Task not found",
+            taskType="getResponse",
+            taskUUID=task_uuid,
+            data=True,
+        ),
+    )
+
+
+def processing(task_uuid: str) -> Reply:
+    return Reply(200, ok({"taskUUID": task_uuid, "status": "processing", "progress": 10}))
+
+
+@pytest.fixture
+def srv() -> Iterator[ScriptedServer]:
+    with ScriptedServer() as server:
+        yield server
+
+
+def make_client(base_url: str, **kw: Any) -> Client:
+    opts: dict[str, Any] = {
+        "timeout_s": 5.0,
+        "max_retries": 3,
+        "backoff_base_s": 0.01,
+        "backoff_cap_s": 0.05,
+        "connect_timeout_s": 2.0,
+    }
+    opts.update(kw)
+    return Client(base_url, KEY, **opts)
+
+
+@pytest.fixture
+def client(srv: ScriptedServer) -> Iterator[Client]:
+    c = make_client(srv.base_url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def sync_client(srv: ScriptedServer) -> Iterator[Client]:
+    c = make_client(srv.base_url, delivery="sync")
+    yield c
+    c.close()
+
+
+def inference_uuids(srv: ScriptedServer) -> list[str]:
+    return [
+        str(t["taskUUID"])
+        for r in srv.posts()
+        for t in r.tasks
+        if t.get("taskType") == "imageInference"
+    ]
+
+
+# ------------------------------------------------------------------------------------------
+# classify: a pure table
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "cls", "code"),
+    [
+        (401, error_body("invalidApiKey", "Invalid API key"), AuthError, "invalidApiKey"),
+        (400, error_body("missingApiKey"), AuthError, "missingApiKey"),
+        (401, None, AuthError, "unauthorized"),
+        (403, {"errors": [{"code": "permissionDenied"}]}, AuthError, "permissionDenied"),
+        (402, error_body("insufficientCredits"), CreditsError, "insufficientCredits"),
+        (400, error_body("insufficientCredits"), CreditsError, "insufficientCredits"),
+        (400, error_body("accountBalanceTooLow"), CreditsError, "accountBalanceTooLow"),
+        (429, error_body("monthlyQuotaExceeded"), CreditsError, "monthlyQuotaExceeded"),
+        (400, error_body("paymentRequired"), CreditsError, "paymentRequired"),
+        (402, None, CreditsError, "paymentRequired"),
+        (400, error_body("contentPolicyViolation"), SafetyError, "contentPolicyViolation"),
+        (200, error_body("nsfwContentDetected"), SafetyError, "nsfwContentDetected"),
+        (400, error_body("taskFailedOrNotFound"), NotFoundError, "taskFailedOrNotFound"),
+        (None, error_body("taskCancelled"), NotFoundError, "taskCancelled"),
+        (404, None, RequestRejected, "notFound"),  # a bare 404 never means "task unknown"
+        (400, error_body("invalidWidth"), RequestRejected, "invalidWidth"),
+        (400, error_body("missingPositivePrompt"), RequestRejected, "missingPositivePrompt"),
+        (400, error_body("unsupportedParameter"), RequestRejected, "unsupportedParameter"),
+        (400, error_body("conflictTaskUUID"), RequestRejected, "conflictTaskUUID"),
+        (400, error_body("duplicatePreloadModelAIR"), RequestRejected, "duplicatePreloadModelAIR"),
+        (400, error_body("unknownModel"), RequestRejected, "unknownModel"),
+        (422, error_body("somethingNew"), RequestRejected, "somethingNew"),
+        (400, None, RequestRejected, "http400"),
+        (429, error_body("rateLimitExceeded"), RateLimited, "rateLimitExceeded"),
+        (400, error_body("userRateLimit"), RateLimited, "userRateLimit"),
+        (429, None, RateLimited, "rateLimitExceeded"),
+        (400, error_body("timeoutProvider"), TransientError, "timeoutProvider"),
+        (200, error_body("inferenceError"), TransientError, "inferenceError"),
+        (400, error_body("noAvailableServer"), TransientError, "noAvailableServer"),
+        (500, error_body("internalServerError"), TransientError, "internalServerError"),
+        (500, None, TransientError, "serverError"),
+        (503, {"errors": []}, TransientError, "serverError"),
+        (504, error_body("whatever"), TransientError, "whatever"),
+        (408, None, TransientError, "requestTimeout"),
+        (
+            None,
+            {"status": "error", "error": {"code": "promptBlocked"}},
+            SafetyError,
+            "promptBlocked",
+        ),
+        (None, error_body("taskFailed"), ApiError, "taskFailed"),
+    ],
+)
+def test_classify_table(
+    status: int | None, body: dict[str, Any] | None, cls: type[ApiError], code: str
+) -> None:
+    err = classify(status, body)
+    assert type(err) is cls
+    assert err.code == code
+    assert err.status == status
+    assert "\n" not in str(err) and str(err).startswith(code)
+
+
+def test_classify_fields_and_message() -> None:
+    body = {
+        "data": [],
+        "errors": [
+            {
+                "code": "invalidDimensions",
+                "message": "Invalid value for\n'width' parameter.",
+                "parameter": ["width", "height", "referenceImages"],
+                "type": "integer",
+                "min": 256,
+                "max": 16383,
+                "allowedValues": {"1": "1184x896", "0": "1024x1024", "10": "x", "2": "1248x832"},
+                "taskType": "imageInference",
+                "taskUUID": "t-1",
+            }
+        ],
+    }
+    err = classify(400, body)
+    assert isinstance(err, RequestRejected)
+    assert err.parameter == ["width", "height", "referenceImages"]
+    assert err.body["allowedValues"] == ["1024x1024", "1184x896", "1248x832", "x"]
+    assert (err.body["min"], err.body["max"]) == (256, 16383)
+    assert err.task_uuid == "t-1"
+    assert str(err) == (
+        "invalidDimensions: Invalid value for 'width' parameter. "
+        "[width, height, referenceImages] (HTTP 400)"
+    )
+    aspect = classify(400, error_body("invalidSize", allowedValues={"1:1": "1024x1024"}))
+    assert aspect.body["allowedValues"] == {"1:1": "1024x1024"}
+    listed = classify(400, error_body("invalidCreativity", allowedValues=["raw", "low"]))
+    assert listed.body["allowedValues"] == ["raw", "low"]
+    assert classify(400, error_body("invalidWidth", parameter="width")).parameter == "width"
+
+
+def test_classify_picks_the_error_of_the_task_and_non_json() -> None:
+    body = {
+        "errors": [
+            {"code": "invalidWidth", "taskUUID": "a"},
+            {"code": "invalidHeight", "taskUUID": "b"},
+        ]
+    }
+    assert classify(400, body, task_uuid="b").code == "invalidHeight"
+    html = classify(500, None, text="<html>internal   error</html>")
+    assert isinstance(html, TransientError)
+    assert "<html>internal error</html>" in str(html)
+    limited = classify(429, error_body("rateLimitExceeded"), retry_after=3.0)
+    assert isinstance(limited, RateLimited) and limited.retry_after == 3.0
+
+
+# ------------------------------------------------------------------------------------------
+# exact error bodies through the client
+
+
+def test_401_auth_error_not_retried(srv: ScriptedServer, client: Client) -> None:
+    srv.reply(Reply(401, error_body("invalidApiKey", "Invalid API key", data=True)))
+    with pytest.raises(AuthError) as info:
+        client.generate(REQUEST, tid())
+    assert info.value.status == 401 and info.value.code == "invalidApiKey"
+    assert len(srv.requests) == 1
+    assert srv.requests[0].headers["Authorization"] == f"Bearer {KEY}"
+
+
+def test_402_credits_error(srv: ScriptedServer, client: Client) -> None:
+    srv.reply(Reply(402, error_body("insufficientCredits", "Insufficient credits")))
+    with pytest.raises(CreditsError) as info:
+        client.generate(REQUEST, tid())
+    assert info.value.status == 402
+    assert len(srv.requests) == 1
+
+
+def test_400_insufficient_credits_is_credits(srv: ScriptedServer, client: Client) -> None:
+    task_uuid = tid()
+    srv.reply(
+        Reply(
+            400,
+            error_body(
+                "insufficientCredits", "Insufficient credits, please top up", taskUUID=task_uuid
+            ),
+        )
+    )
+    with pytest.raises(CreditsError) as info:
+        client.generate(REQUEST, task_uuid)
+    assert (info.value.status, info.value.code, info.value.task_uuid) == (
+        400,
+        "insufficientCredits",
+        task_uuid,
+    )
+    assert len(srv.requests) == 1
+
+
+def test_400_validation_list_parameter_and_object_allowed_values(
+    srv: ScriptedServer, client: Client
+) -> None:
+    srv.reply(
+        Reply(
+            400,
+            error_body(
+                "invalidDimensions",
+                "Unsupported size",
+                parameter=["width", "height"],
+                allowedValues={"0": "1024x1024", "1": "1184x896"},
+                data=True,
+            ),
+        )
+    )
+    with pytest.raises(RequestRejected) as info:
+        client.generate(REQUEST, tid())
+    err = info.value
+    assert err.parameter == ["width", "height"]
+    assert err.body["allowedValues"] == ["1024x1024", "1184x896"]
+    assert str(err) == "invalidDimensions: Unsupported size [width, height] (HTTP 400)"
+    assert len(srv.requests) == 1  # never retried
+
+
+def test_429_retry_after_honoured(srv: ScriptedServer, sync_client: Client) -> None:
+    task_uuid = tid()
+    srv.reply(
+        Reply(429, error_body("rateLimitExceeded", "slow down"), headers={"Retry-After": "1"}),
+        Reply(200, ok(item(task_uuid))),
+    )
+    gen = sync_client.generate(REQUEST, task_uuid)
+    assert len(gen.images) == 1 and gen.attempts == 2
+    gap = srv.requests[1].at - srv.requests[0].at
+    assert 0.9 <= gap < 2.0
+    assert srv.task_types() == ["imageInference", "imageInference"]  # 429 = refused: no check
+
+
+def test_503_retry_after_http_date(srv: ScriptedServer, sync_client: Client) -> None:
+    task_uuid = tid()
+    when = email.utils.formatdate(time.time() + 2, usegmt=True)
+    srv.reply(
+        Reply(503, "busy", headers={"Retry-After": when}),
+        not_found(task_uuid),
+        Reply(200, ok(item(task_uuid))),
+    )
+    gen = sync_client.generate(REQUEST, task_uuid)
+    assert gen.attempts == 2
+    assert srv.requests[1].at - srv.requests[0].at >= 0.9  # an HTTP date has 1 s resolution
+    assert srv.task_types() == ["imageInference", "getResponse", "imageInference"]
+
+
+def test_500_empty_body_then_success(srv: ScriptedServer, sync_client: Client) -> None:
+    task_uuid = tid()
+    srv.reply(Reply(500), not_found(task_uuid), Reply(200, ok(item(task_uuid))))
+    gen = sync_client.generate(REQUEST, task_uuid)
+    assert gen.attempts == 2 and len(gen.images) == 1
+    # a 5xx may have been accepted: ask before re-submitting, with the same taskUUID
+    assert srv.task_types() == ["imageInference", "getResponse", "imageInference"]
+    assert inference_uuids(srv) == [task_uuid, task_uuid]
+
+
+def test_500_html_body_gives_up_after_checking(srv: ScriptedServer) -> None:
+    task_uuid = tid()
+    srv.reply(
+        Reply(500, "<html>internal error</html>", content_type="text/html"),
+        not_found(task_uuid),
+    )
+    with make_client(srv.base_url, max_retries=0) as c, pytest.raises(TransientError) as info:
+        c.generate(REQUEST, task_uuid)
+    assert info.value.status == 500 and info.value.code == "serverError"
+    assert "<html>internal error</html>" in str(info.value)
+    assert srv.task_types() == ["imageInference", "getResponse"]
+
+
+def test_400_validation_not_retried(srv: ScriptedServer, client: Client) -> None:
+    srv.reply(
+        Reply(
+            400, error_body("invalidPositivePrompt", "Prompt too long", parameter="positivePrompt")
+        )
+    )
+    with pytest.raises(RequestRejected) as info:
+        client.generate(REQUEST, tid())
+    assert info.value.parameter == "positivePrompt"
+    assert len(srv.requests) == 1
+
+
+# ------------------------------------------------------------------------------------------
+# never pay twice
+
+
+def test_dropped_connection_checks_then_polls_known_task(
+    srv: ScriptedServer, client: Client
+) -> None:
+    task_uuid = tid()
+    srv.reply(
+        Reply(drop=True), processing(task_uuid), Reply(200, ok(item(task_uuid, status="success")))
+    )
+    gen = client.generate(REQUEST, task_uuid)
+    assert gen.attempts == 1 and len(gen.images) == 1
+    assert srv.task_types() == ["imageInference", "getResponse", "getResponse"]
+
+
+def test_dropped_connection_not_found_resubmits_same_uuid(
+    srv: ScriptedServer, client: Client
+) -> None:
+    task_uuid = tid()
+    srv.reply(
+        Reply(drop=True),
+        not_found(task_uuid),
+        Reply(200, ack(task_uuid)),
+        Reply(200, ok(item(task_uuid, status="success"))),
+    )
+    gen = client.generate(REQUEST, task_uuid)
+    assert gen.attempts == 2
+    assert srv.task_types() == ["imageInference", "getResponse", "imageInference", "getResponse"]
+    assert inference_uuids(srv) == [task_uuid, task_uuid]
+    assert srv.posts()[0].body == srv.posts()[2].body  # the identical task
+
+
+def test_read_timeout_checks_then_resubmits(srv: ScriptedServer) -> None:
+    task_uuid = tid()
+    srv.reply(
+        Reply(200, ack(task_uuid), delay_s=1.5),
+        not_found(task_uuid),
+        Reply(200, ack(task_uuid)),
+        Reply(200, ok(item(task_uuid, status="success"))),
+    )
+    with make_client(srv.base_url, timeout_s=0.3) as c:
+        gen = c.generate(REQUEST, task_uuid)
+        assert c.stats()["checks"] == 1
+    assert gen.attempts == 2
+    assert srv.task_types() == ["imageInference", "getResponse", "imageInference", "getResponse"]
+    assert inference_uuids(srv) == [task_uuid, task_uuid]
+
+
+def test_conflict_on_resubmit_polls(srv: ScriptedServer, client: Client) -> None:
+    task_uuid = tid()
+    srv.reply(
+        Reply(drop=True),
+        not_found(task_uuid),  # not yet registered when asked ...
+        Reply(400, error_body("conflictTaskUUID", "Task UUID already exists", taskUUID=task_uuid)),
+        Reply(200, ok(item(task_uuid, status="success"))),  # ... but it was: just poll it
+    )
+    gen = client.generate(REQUEST, task_uuid)
+    assert gen.attempts == 2 and len(gen.images) == 1
+    assert srv.task_types() == ["imageInference", "getResponse", "imageInference", "getResponse"]
+
+
+def test_5xx_after_acceptance_is_polled_not_resubmitted(
+    srv: ScriptedServer, client: Client
+) -> None:
+    task_uuid = tid()
+    srv.reply(
+        Reply(502, error_body("serverError", "bad gateway")),
+        processing(task_uuid),  # the check: the server has it
+        Reply(200, ok(item(task_uuid, status="success"))),
+    )
+    gen = client.generate(REQUEST, task_uuid)
+    assert gen.attempts == 1
+    assert srv.task_types() == ["imageInference", "getResponse", "getResponse"]
+
+
+def test_close_wakes_waiting_callers(srv: ScriptedServer) -> None:
+    task_uuid = tid()
+    srv.reply(Reply(200, ack(task_uuid)))
+    srv.fallback = lambda rec: processing(task_uuid)
+    c = make_client(srv.base_url)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(c.generate, REQUEST, task_uuid)
+        time.sleep(0.3)
+        started = time.monotonic()
+        c.close()
+        with pytest.raises(TransientError) as info:
+            future.result(timeout=5)
+    assert info.value.code == "clientClosed" and time.monotonic() - started < 2
+
+
+def test_check_that_cannot_answer_never_resubmits(srv: ScriptedServer) -> None:
+    task_uuid = tid()
+    srv.reply(Reply(drop=True))
+    srv.fallback = lambda rec: Reply(503, "down")
+    with make_client(srv.base_url, max_retries=1) as c, pytest.raises(TransientError) as info:
+        c.generate(REQUEST, task_uuid)
+    assert info.value.code == "outcomeUnknown"
+    assert srv.task_types().count("imageInference") == 1
+
+
+def test_connect_refused_resubmits_without_check() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with make_client(f"http://127.0.0.1:{port}/v1", max_retries=2) as c:
+        with pytest.raises(TransientError) as info:
+            c.generate(REQUEST, tid())
+        stats = c.stats()
+    assert info.value.code == "connectionError"
+    assert stats["submits"] == 3 and stats.get("checks", 0) == 0
+
+
+def test_task_failure_with_transient_code_resubmits_same_uuid(
+    srv: ScriptedServer, client: Client
+) -> None:
+    task_uuid = tid()
+    failed = {
+        "taskUUID": task_uuid,
+        "status": "error",
+        "code": "timeoutProvider",
+        "message": "provider timed out",
+    }
+    srv.reply(
+        Reply(200, ack(task_uuid)),
+        Reply(200, {"data": [], "errors": [failed]}),
+        Reply(200, ack(task_uuid)),
+        Reply(200, ok(item(task_uuid, status="success"))),
+    )
+    gen = client.generate(REQUEST, task_uuid)
+    assert gen.attempts == 2 and len(gen.images) == 1 and gen.errors == []
+    assert inference_uuids(srv) == [task_uuid, task_uuid]
+
+
+def test_safety_failure_in_poll_raises(srv: ScriptedServer, client: Client) -> None:
+    task_uuid = tid()
+    srv.reply(
+        Reply(200, ack(task_uuid)),
+        Reply(
+            200,
+            ok(
+                {
+                    "taskUUID": task_uuid,
+                    "status": "error",
+                    "error": {"code": "nsfwContentDetected", "message": "blocked"},
+                }
+            ),
+        ),
+    )
+    with pytest.raises(SafetyError) as info:
+        client.generate(REQUEST, task_uuid)
+    assert info.value.task_uuid == task_uuid
+    assert srv.task_types() == ["imageInference", "getResponse"]
+
+
+# ------------------------------------------------------------------------------------------
+# results
+
+
+def test_request_as_sent(srv: ScriptedServer, client: Client) -> None:
+    task_uuid = tid()
+    srv.reply(Reply(200, ack(task_uuid)), Reply(200, ok(item(task_uuid, status="success"))))
+    gen = client.generate(REQUEST, task_uuid)
+    sent = srv.posts()[0].json
+    assert isinstance(sent, list) and len(sent) == 1
+    assert sent[0] == gen.request
+    assert gen.request == {
+        "taskType": "imageInference",
+        "taskUUID": task_uuid,
+        **REQUEST,
+        "includeCost": True,
+        "deliveryMethod": "async",
+        "outputType": "base64Data",
+    }
+    assert KEY not in str(gen.request)
+    assert srv.posts()[1].tasks == [{"taskType": "getResponse", "taskUUID": task_uuid}]
+    image = gen.images[0]
+    assert (image.data, image.ext, image.seed, image.cost) == (PNG, "png", 42, 0.06)
+    assert gen.submitted_at.endswith("Z") and gen.finished_at >= gen.submitted_at
+    assert gen.latency_s > 0 and "includeCost" not in REQUEST
+
+
+def test_partial_failure_keeps_images(srv: ScriptedServer, client: Client) -> None:
+    task_uuid = tid()
+    good = item(task_uuid, status="success", resultIndex=0)
+    bad = {
+        "taskUUID": task_uuid,
+        "status": "error",
+        "code": "inferenceError",
+        "message": "generation failed",
+    }
+    srv.reply(Reply(200, ack(task_uuid)), Reply(200, {"data": [good], "errors": [bad]}))
+    gen = client.generate({**REQUEST, "numberResults": 2}, task_uuid)
+    assert [i.image_uuid for i in gen.images] == [good["imageUUID"]]
+    assert len(gen.errors) == 1 and isinstance(gen.errors[0], TransientError)
+    assert gen.errors[0].code == "inferenceError"
+    assert gen.attempts == 1  # an image arrived: the task is not re-submitted
+
+
+def test_number_results_two_in_reverse_order(srv: ScriptedServer, client: Client) -> None:
+    task_uuid = tid()
+    a = item(task_uuid, status="success", resultIndex=0, seed=1)
+    b = item(
+        task_uuid,
+        status="success",
+        resultIndex=1,
+        seed=2,
+        imageBase64Data=base64.b64encode(JPG).decode(),
+    )
+    srv.reply(
+        Reply(200, ack(task_uuid)),
+        Reply(200, ok(b, {"taskUUID": task_uuid, "status": "processing", "progress": 50})),
+        Reply(200, ok(b, a)),  # cumulative: b again, then a
+    )
+    gen = client.generate({**REQUEST, "numberResults": 2}, task_uuid)
+    assert [i.seed for i in gen.images] == [1, 2]
+    assert [i.ext for i in gen.images] == ["png", "jpg"]
+    assert srv.task_types().count("getResponse") == 2
+
+
+def test_sync_results_in_any_order(srv: ScriptedServer, sync_client: Client) -> None:
+    task_uuid, other = tid(), tid()
+    a, b = item(task_uuid, seed=7), item(task_uuid, seed=8)
+    srv.reply(Reply(200, ok(item(other), b, a)))
+    gen = sync_client.generate({**REQUEST, "numberResults": 2}, task_uuid)
+    assert sorted(i.seed or 0 for i in gen.images) == [7, 8]
+    assert srv.posts()[0].tasks[0]["deliveryMethod"] == "sync"
+
+
+def test_data_uri_output(srv: ScriptedServer) -> None:
+    task_uuid = tid()
+    uri = "data:image/jpeg;base64," + base64.b64encode(JPG).decode()
+    res = {"taskUUID": task_uuid, "imageUUID": tid(), "imageDataURI": uri, "NSFWContent": False}
+    srv.reply(Reply(200, ok(res)))
+    with make_client(srv.base_url, delivery="sync", output_type="dataURI") as c:
+        gen = c.generate(REQUEST, task_uuid)
+    assert gen.images[0].data == JPG and gen.images[0].ext == "jpg"
+    assert gen.images[0].nsfw is False
+    assert srv.posts()[0].tasks[0]["outputType"] == "dataURI"
+
+
+def test_url_output_download_retried_task_submitted_once(srv: ScriptedServer) -> None:
+    task_uuid = tid()
+    url = f"{srv.url}/img/abc.png"
+    srv.route("GET", "/img/abc.png", Reply(503, "busy"), Reply(200, PNG, content_type="image/png"))
+    srv.reply(
+        Reply(200, ack(task_uuid)),
+        Reply(200, ok(item(task_uuid, status="success", imageBase64Data=None, imageURL=url))),
+    )
+    with make_client(srv.base_url, output_type="URL") as c:
+        gen = c.generate(REQUEST, task_uuid)
+    assert gen.images[0].data == PNG and gen.images[0].url == url and gen.attempts == 1
+    assert srv.task_types() == ["imageInference", "getResponse"]
+    gets = [r for r in srv.requests if r.method == "GET"]
+    assert len(gets) == 2 and "Authorization" not in gets[0].headers  # the key stays home
+
+
+def test_url_gone_recovers_by_get_response(srv: ScriptedServer) -> None:
+    task_uuid, image_uuid = tid(), tid()
+    old, new = f"{srv.url}/img/old.png", f"{srv.url}/img/new.png"
+    srv.route("GET", "/img/old.png", Reply(404, "gone"))
+    srv.route("GET", "/img/new.png", Reply(200, PNG, content_type="image/png"))
+    srv.reply(
+        Reply(200, ok(item(task_uuid, image_uuid, imageBase64Data=None, imageURL=old))),
+        Reply(
+            200,
+            ok(item(task_uuid, image_uuid, status="success", imageBase64Data=None, imageURL=new)),
+        ),
+    )
+    with make_client(srv.base_url, output_type="URL", delivery="sync") as c:
+        gen = c.generate(REQUEST, task_uuid)
+    assert gen.images[0].data == PNG and gen.attempts == 1
+    assert srv.task_types() == ["imageInference", "getResponse"]
+
+
+def test_poll_transient_failures_are_retried(srv: ScriptedServer, client: Client) -> None:
+    task_uuid = tid()
+    srv.reply(
+        Reply(200, ack(task_uuid)),
+        Reply(503, "busy"),
+        Reply(drop=True),
+        Reply(429, error_body("rateLimitExceeded"), headers={"Retry-After": "0.1"}),
+        Reply(200, ok(item(task_uuid, status="success"))),
+    )
+    gen = client.generate(REQUEST, task_uuid)
+    assert gen.attempts == 1 and len(gen.images) == 1
+    assert srv.task_types() == ["imageInference"] + ["getResponse"] * 4
+
+
+def test_poll_timeout(srv: ScriptedServer) -> None:
+    task_uuid = tid()
+    srv.reply(Reply(200, ack(task_uuid)))
+    srv.fallback = lambda rec: processing(task_uuid)
+    with make_client(srv.base_url, poll_timeout_s=0.5) as c, pytest.raises(TransientError) as info:
+        c.generate(REQUEST, task_uuid)
+    assert info.value.code == "pollTimeout" and "timed out waiting" in str(info.value)
+    assert srv.task_types().count("imageInference") == 1
+
+
+def test_recover(srv: ScriptedServer, client: Client) -> None:
+    known, unknown = tid(), tid()
+    srv.reply(not_found(unknown), Reply(200, ok(item(known, status="success"))))
+    assert client.recover(unknown) is None
+    gen = client.recover(known)
+    assert isinstance(gen, Generation)
+    assert gen.attempts == 0 and len(gen.images) == 1 and gen.task_uuid == known
+    assert srv.task_types() == ["getResponse", "getResponse"]
+
+
+def test_recover_empty_answer_is_a_lost_result(srv: ScriptedServer, client: Client) -> None:
+    srv.reply(Reply(200, {"data": []}))  # a finished sync task: known, but nothing kept
+    with pytest.raises(ApiError) as info:
+        client.recover(tid())
+    assert info.value.code == "resultLost" and not info.value.retryable
+
+
+def test_sync_lost_response_is_not_paid_twice(srv: ScriptedServer, sync_client: Client) -> None:
+    task_uuid = tid()
+    srv.reply(Reply(drop=True), Reply(200, {"data": []}))
+    with pytest.raises(ApiError) as info:
+        sync_client.generate(REQUEST, task_uuid)
+    assert info.value.code == "resultLost"
+    assert srv.task_types() == ["imageInference", "getResponse"]
+
+
+# ------------------------------------------------------------------------------------------
+# a tiny dynamic fake for concurrency, uploads and batching
+
+
+class FakeRunware:
+    """Answers imageInference (ack or sync), getResponse (done after latency), imageUpload."""
+
+    def __init__(self, latency_s: float = 0.0, upload_delay_s: float = 0.0) -> None:
+        self.latency_s = latency_s
+        self.upload_delay_s = upload_delay_s
+        self.lock = threading.Lock()
+        self.tasks: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, rec: Recorded) -> Reply:
+        data: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        delay = 0.0
+        for task in rec.tasks:
+            kind, task_uuid = task.get("taskType"), str(task.get("taskUUID"))
+            if kind == "imageUpload":
+                delay = self.upload_delay_s
+                data.append({"taskType": kind, "taskUUID": task_uuid, "imageUUID": tid()})
+            elif kind == "imageInference":
+                n = int(task.get("numberResults", 1))
+                with self.lock:
+                    self.tasks[task_uuid] = (time.monotonic() + self.latency_s, n)
+                if task.get("deliveryMethod") == "sync":
+                    data.extend(self._items(task_uuid, n, None))
+                else:
+                    data.append({"taskType": kind, "taskUUID": task_uuid})
+            elif kind == "getResponse":
+                with self.lock:
+                    known = self.tasks.get(task_uuid)
+                if known is None:
+                    errors.append({"code": "taskFailedOrNotFound", "taskUUID": task_uuid})
+                elif time.monotonic() < known[0]:
+                    data.append({"taskUUID": task_uuid, "status": "processing"})
+                else:
+                    data.extend(self._items(task_uuid, known[1], "success"))
+        body: dict[str, Any] = {"data": data}
+        if errors:
+            body["errors"] = errors
+        return Reply(200 if data or not errors else 400, body, delay_s=delay)
+
+    @staticmethod
+    def _items(task_uuid: str, n: int, status: str | None) -> list[dict[str, Any]]:
+        out = []
+        for i in range(n):
+            it = item(task_uuid, f"{task_uuid[:8]}-0000-4000-8000-{i:012d}", resultIndex=i)
+            if status:
+                it["status"] = status
+            out.append(it)
+        return out
+
+
+def test_upload_once_for_concurrent_prepares(srv: ScriptedServer, tmp_path: Path) -> None:
+    ref = tmp_path / "palette.png"
+    ref.write_bytes(PNG)
+    copy_ = tmp_path / "same-content.PNG"
+    copy_.write_bytes(PNG)
+    srv.fallback = FakeRunware(upload_delay_s=0.2)
+    request = {
+        **REQUEST,
+        "inputs": {
+            "referenceImages": [
+                {"image": str(ref), "strength": 0.7},
+                {"image": str(copy_)},
+                {"image": "https://example.com/a.png"},
+                {"image": "0b6a3c9e-6b1f-4b8e-9f3a-2d1c4e5f6a7b"},
+            ]
+        },
+    }
+    with make_client(srv.base_url) as c, ThreadPoolExecutor(10) as pool:
+        prepared = list(pool.map(lambda _: c.prepare(request), range(10)))
+    assert srv.task_types() == ["imageUpload"]
+    upload = srv.posts()[0].tasks[0]
+    assert upload["image"].startswith("data:image/png;base64,")
+    refs = prepared[0]["inputs"]["referenceImages"]
+    assert refs[0]["image"] == refs[1]["image"] != str(ref)
+    assert refs[2:] == request["inputs"]["referenceImages"][2:]
+    assert all(p == prepared[0] for p in prepared)
+    assert request["inputs"]["referenceImages"][0]["image"] == str(ref)  # input untouched
+
+
+def test_inline_refs_as_data_uri(srv: ScriptedServer, tmp_path: Path) -> None:
+    ref = tmp_path / "ref.jpg"
+    ref.write_bytes(JPG)
+    with make_client(srv.base_url, upload_refs=False) as c:
+        prepared = c.prepare({**REQUEST, "inputs": {"referenceImages": [{"image": str(ref)}]}})
+    image = prepared["inputs"]["referenceImages"][0]["image"]
+    assert image == "data:image/jpeg;base64," + base64.b64encode(JPG).decode()
+    assert srv.requests == []
+
+
+@pytest.mark.parametrize("batch_polls", [False, True])
+def test_concurrent_generates(srv: ScriptedServer, batch_polls: bool) -> None:
+    srv.fallback = FakeRunware(latency_s=0.3)
+    with make_client(srv.base_url, batch_polls=batch_polls) as c, ThreadPoolExecutor(16) as pool:
+        uuids = [tid() for _ in range(32)]
+        gens = list(pool.map(lambda u: c.generate({**REQUEST, "numberResults": 2}, u), uuids))
+    assert [g.task_uuid for g in gens] == uuids
+    assert all(len(g.images) == 2 and g.attempts == 1 for g in gens)
+    assert sorted(inference_uuids(srv)) == sorted(uuids)
+    polls = [r for r in srv.posts() if r.tasks and r.tasks[0]["taskType"] == "getResponse"]
+    widest = max(len(r.tasks) for r in polls)
+    assert widest > 1 if batch_polls else widest == 1
+
+
+def test_adaptive_first_poll(srv: ScriptedServer) -> None:
+    """After a few tasks the first poll lands close to the observed completion time."""
+    fake = FakeRunware(latency_s=0.5)
+    srv.fallback = fake
+    with make_client(srv.base_url) as c:
+        lat = [c.generate(REQUEST, tid()).latency_s for _ in range(6)]
+    assert lat[-1] < 0.5 * 1.15 + 0.05, lat
+
+
+# ------------------------------------------------------------------------------------------
+# against the emulator (pipeline.emulator.Emulator)
+
+FAULTS_20 = {
+    "http_429": 0.04,
+    "http_500": 0.04,
+    "http_503": 0.04,
+    "disconnect": 0.04,
+    "stall": 0.04,
+}
+
+
+@pytest.fixture
+def emulator_cls() -> Any:
+    from pipeline.emulator import Emulator
+
+    return Emulator
+
+
+@pytest.mark.parametrize("delivery", ["sync", "async"])
+def test_emulator_two_results(emulator_cls: Any, delivery: str, tmp_path: Path) -> None:
+    with emulator_cls(port=0, latency_s=0.0, ledger=tmp_path / "ledger.jsonl") as emu:
+        with make_client(emu.base_url, delivery=delivery) as c:
+            task_uuid = tid()
+            gen = c.generate({**REQUEST, "numberResults": 2}, task_uuid)
+        entries = emu.ledger_entries()
+    assert len(gen.images) == 2 and gen.attempts == 1 and gen.errors == []
+    assert len({i.image_uuid for i in gen.images}) == 2
+    assert sorted(i.seed or 0 for i in gen.images) == [42, 43]
+    assert all(i.ext == "jpg" and i.data[:3] == b"\xff\xd8\xff" for i in gen.images)
+    assert [i.cost for i in gen.images] == [0.06, 0.06]
+    assert [e["taskUUID"] for e in entries] == [task_uuid, task_uuid]
+
+
+def test_emulator_url_and_data_uri_outputs(emulator_cls: Any) -> None:
+    with emulator_cls(port=0, latency_s=0.0) as emu:
+        for output_type in ("URL", "dataURI"):
+            with make_client(emu.base_url, output_type=output_type) as c:
+                gen = c.generate({**REQUEST, "outputFormat": "PNG"}, tid())
+            image = gen.images[0]
+            assert image.ext == "png" and image.data.startswith(b"\x89PNG")
+            assert (image.url is not None) == (output_type == "URL")
+
+
+def test_emulator_uploads_a_reference_once(emulator_cls: Any, tmp_path: Path) -> None:
+    ref = tmp_path / "palette.png"
+    Image.new("RGB", (64, 64), (20, 160, 90)).save(ref)
+    request = {**REQUEST, "inputs": {"referenceImages": [{"image": str(ref), "strength": 0.7}]}}
+    with emulator_cls(port=0, latency_s=0.05) as emu:
+        with make_client(emu.base_url) as c, ThreadPoolExecutor(10) as pool:
+            gens = list(pool.map(lambda _: c.generate(request, tid()), range(10)))
+        stats, entries = emu.stats(), emu.ledger_entries()
+    assert stats["tasks.imageUpload"] == 1
+    sent_refs = {g.request["inputs"]["referenceImages"][0]["image"] for g in gens}
+    assert len(sent_refs) == 1 and str(ref) not in sent_refs
+    assert len(entries) == 10 and all(e["cost"] == 0.065 for e in entries)
+
+
+def test_emulator_faults_never_pay_twice(emulator_cls: Any, tmp_path: Path) -> None:
+    """20% mixed faults on every POST (polls too): all succeed, one charge per image."""
+    with emulator_cls(
+        port=0,
+        latency_s=0.05,
+        faults=FAULTS_20,
+        fault_seed=20261125,
+        stall_s=2.0,
+        ledger=tmp_path / "ledger.jsonl",
+    ) as emu:
+        with (
+            make_client(
+                emu.base_url, timeout_s=0.5, max_retries=8, backoff_cap_s=0.2, poll_timeout_s=60
+            ) as c,
+            ThreadPoolExecutor(8) as pool,
+        ):
+            uuids = [tid() for _ in range(100)]
+            gens = list(pool.map(lambda u: c.generate(REQUEST, u), uuids))
+            client_stats = c.stats()
+        emu_stats, entries = emu.stats(), emu.ledger_entries()
+    assert all(len(g.images) == 1 and g.errors == [] for g in gens)
+    billed = [e["taskUUID"] for e in entries]
+    assert sorted(billed) == sorted(uuids)  # exactly one charge per image, none lost
+    assert sum(emu_stats[f"faults.{k}"] for k in FAULTS_20) > 20  # the faults did happen
+    assert client_stats["resubmits"] > 0 and client_stats["checks"] > 0
+
+
+def test_emulator_recover(emulator_cls: Any) -> None:
+    with emulator_cls(port=0, latency_s=0.3) as emu:
+        with make_client(emu.base_url) as first:
+            done = first.generate(REQUEST, tid())
+        task_uuid = tid()
+        # a task accepted by someone who then crashed before fetching its result
+        task = {**done.request, "taskUUID": task_uuid}
+        resp = requests.post(emu.base_url, json=[task], headers={"Authorization": "Bearer k"})
+        assert resp.status_code == 200
+        with make_client(emu.base_url) as after_crash:
+            assert after_crash.recover(tid()) is None
+            again = after_crash.recover(done.task_uuid)
+            pending = after_crash.recover(task_uuid)
+    assert again is not None and again.images[0].data == done.images[0].data
+    assert pending is not None and pending.images[0].image_uuid and pending.attempts == 0
+    assert len(emu.ledger_entries()) == 2
+
+
+def test_emulator_poll_pickup(emulator_cls: Any) -> None:
+    """Zero latency: done almost at once; 2 s latency: picked up within ~10%."""
+    with emulator_cls(port=0, latency_s=0.0) as emu, make_client(emu.base_url) as c:
+        fast = [c.generate(REQUEST, tid()).latency_s for _ in range(20)]
+    assert sorted(fast[10:])[5] < 0.05, fast
+    with (
+        emulator_cls(port=0, latency_s=2.0) as emu,
+        make_client(emu.base_url) as c,
+        ThreadPoolExecutor(8) as pool,
+    ):
+        slow = list(pool.map(lambda _: c.generate(REQUEST, tid()).latency_s, range(16)))
+    assert max(slow) < 2.2 + 0.1, slow

@@ -1,0 +1,188 @@
+"""The runner end to end against the emulator: images, manifest, store, budget, stops, reruns."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from conftest import cli_env, run_cli
+from runs import charges_by_seed, ledger, read_manifest, run_sweep_inprocess, seed_sweep
+
+from pipeline import images, manifest
+from pipeline.emulator import Emulator
+from pipeline.journal import read_journal
+
+
+def _emulator_edits(emu: Emulator) -> dict[str, object]:
+    return {"api.backend": "emulator", "api.base_url": emu.base_url}
+
+
+# A price table that underestimates: the plan passes, the bills (0.06 each) reach the budget.
+CHEAP = {
+    "pricing.models": {
+        "krea:krea@2-large": dict.fromkeys(
+            ("per_image", "with_reference_images", "with_moodboards"), 0.01
+        )
+    }
+}
+
+
+def test_demo_console_script_writes_images_manifest_and_recipes(tmp_path: Path) -> None:
+    done = run_cli("run", "runner.progress=log", "hydra.run.dir=run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("backend: emulator")
+    run = tmp_path / "run"
+    frame = manifest.read(run)
+    axes = read_journal(run).axis_names or []
+    assert list(frame.columns) == manifest.column_names(axes)
+    assert set(frame["status"]) == {"ok"} and frame["cell_id"].is_unique
+    assert (frame["backend"] == "emulator").all()
+    for row in frame.itertuples():
+        data = (run / str(row.image_path)).read_bytes()
+        assert str(row.image_path).startswith(f"images/{row.cell_id}-0.")
+        assert hashlib.sha256(images.strip_recipe(data)).hexdigest() == row.image_sha256
+        recipe = images.read_recipe(data)
+        assert recipe is not None and recipe["cell_id"] == row.cell_id
+        assert recipe["request"]["seed"] == row.seed
+    assert (run / "manifest.csv").exists() and (run / "plan.parquet").exists()
+    assert "krea-report run_dir=" in done.stdout
+
+
+def test_api_key_never_lands_in_a_file(tmp_path: Path) -> None:
+    secret = "sk-test-DO-NOT-WRITE-4242"
+    with Emulator(0, api_key=secret) as emu:
+        done = run_cli(
+            "run",
+            "api=emulator",
+            f"api.base_url={emu.base_url}",
+            "hydra.run.dir=run",
+            cwd=tmp_path,
+            env=cli_env(RUNWARE_API_KEY=secret),
+        )
+    assert done.returncode == 0, done.stderr
+    hits = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert hits == []
+    assert secret not in done.stdout + done.stderr
+
+
+def test_rerun_of_a_finished_sweep_makes_zero_requests(tmp_path: Path) -> None:
+    with Emulator(0, ledger=tmp_path / "ledger.jsonl") as emu:
+        sweep = seed_sweep(12)
+        assert run_sweep_inprocess(tmp_path, sweep, tmp_path / "a", **_emulator_edits(emu)) == 0
+        posts = emu.stats()["posts"]
+        assert run_sweep_inprocess(tmp_path, sweep, tmp_path / "b", **_emulator_edits(emu)) == 0
+        assert emu.stats()["posts"] == posts
+    assert charges_by_seed(tmp_path / "ledger.jsonl") == {s: 1 for s in range(12)}
+    second = read_manifest(tmp_path / "b")
+    assert set(second["status"]) == {"cached"} and second["cost_usd"].sum() == 0
+    assert second["original_cost_usd"].sum() == pytest.approx(12 * 0.06)
+    first = read_manifest(tmp_path / "a")
+    assert sorted(second["image_sha256"]) == sorted(first["image_sha256"])
+
+
+def test_emulator_images_are_not_cached_for_the_real_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNWARE_API_KEY", "k")
+    with Emulator(0) as emu:
+        run_sweep_inprocess(tmp_path, seed_sweep(3), tmp_path / "a", **_emulator_edits(emu))
+        code = run_sweep_inprocess(
+            tmp_path,
+            seed_sweep(3),
+            tmp_path / "b",
+            **{"api.backend": "runware", "api.base_url": emu.base_url},
+        )
+    assert code == 0
+    assert set(read_manifest(tmp_path / "b")["status"]) == {"ok"}
+
+
+def test_budget_is_enforced_while_running(tmp_path: Path) -> None:
+    """The table says $0.01, the server bills $0.06: no submit once billed + $0.01 > $0.30."""
+    with Emulator(0, ledger=tmp_path / "ledger.jsonl") as emu:
+        code = run_sweep_inprocess(
+            tmp_path,
+            seed_sweep(20),
+            tmp_path / "run",
+            **_emulator_edits(emu),
+            **{"budget.max_usd": 0.30, "runner.concurrency": 1, **CHEAP},
+        )
+    assert code == 2
+    billed = sum(e["cost"] for e in ledger(tmp_path / "ledger.jsonl"))
+    assert billed <= 0.30 + 1e-9
+    assert len(read_manifest(tmp_path / "run")) == 5
+
+
+def test_bad_key_stops_the_run_at_once(tmp_path: Path) -> None:
+    with Emulator(0, api_key="the-right-key") as emu:
+        code = run_sweep_inprocess(
+            tmp_path,
+            seed_sweep(40),
+            tmp_path / "run",
+            **_emulator_edits(emu),
+            **{"runner.concurrency": 2},
+        )
+        assert emu.stats()["posts"] <= 4
+    frame = read_manifest(tmp_path / "run")
+    assert code == 2
+    assert set(frame["error_code"]) == {"invalidApiKey"} and len(frame) <= 4
+
+
+def test_no_credits_stops_the_run_and_keeps_what_finished(tmp_path: Path) -> None:
+    with Emulator(0, credits=0.2) as emu:
+        code = run_sweep_inprocess(
+            tmp_path,
+            seed_sweep(10),
+            tmp_path / "run",
+            **_emulator_edits(emu),
+            **{"runner.concurrency": 1},
+        )
+    frame = read_manifest(tmp_path / "run")
+    assert code == 2
+    assert (frame["status"] == "ok").sum() == 3
+    assert set(frame.loc[frame["status"] == "failed", "error_code"]) == {"insufficientCredits"}
+
+
+def test_a_failed_cell_is_a_row_not_a_crash(tmp_path: Path) -> None:
+    with Emulator(0, faults={"http_500": 1.0}, fault_seed=1) as emu:
+        code = run_sweep_inprocess(
+            tmp_path,
+            seed_sweep(3),
+            tmp_path / "run",
+            **_emulator_edits(emu),
+            **{"runner.max_retries": 1},
+        )
+    frame = read_manifest(tmp_path / "run")
+    assert code == 1
+    assert list(frame["status"]) == ["failed"] * 3
+    assert frame["error_code"].notna().all() and (frame["attempts"] >= 1).all()
+    assert frame["task_uuid"].notna().all()  # kept, so a rerun asks for it before paying again
+
+
+def test_rerun_in_the_same_run_dir_finishes_only_what_is_missing(tmp_path: Path) -> None:
+    with Emulator(0, ledger=tmp_path / "ledger.jsonl") as emu:
+        sweep = seed_sweep(8)
+        first = run_sweep_inprocess(
+            tmp_path,
+            sweep,
+            tmp_path / "run",
+            **_emulator_edits(emu),
+            **{"budget.max_usd": 0.25, "runner.concurrency": 1, **CHEAP},
+        )
+        assert first == 2
+        again = run_sweep_inprocess(tmp_path, sweep, tmp_path / "run", **_emulator_edits(emu))
+    assert again == 0
+    frame = read_manifest(tmp_path / "run")
+    assert len(frame) == 8 and frame["cell_id"].is_unique and set(frame["status"]) == {"ok"}
+    assert charges_by_seed(tmp_path / "ledger.jsonl") == {s: 1 for s in range(8)}
+
+
+def test_number_results_gives_one_row_per_image(tmp_path: Path) -> None:
+    with Emulator(0) as emu:
+        code = run_sweep_inprocess(
+            tmp_path, seed_sweep(2, number_results=3), tmp_path / "run", **_emulator_edits(emu)
+        )
+    frame = read_manifest(tmp_path / "run")
+    assert code == 0
+    assert sorted(frame["result_index"]) == [0, 0, 1, 1, 2, 2]
+    assert frame["image_uuid"].is_unique and frame["image_path"].is_unique
