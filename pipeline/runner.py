@@ -248,7 +248,12 @@ class Runner:
         for index, image in enumerate(gen.images):
             seed = image.seed if image.seed is not None else cell.seed
             recipe = images.make_recipe(
-                cell.cell_id, gen.request, seed, index, sweep=self.sweep.name
+                cell.cell_id,
+                gen.request,
+                seed,
+                index,
+                sweep=self.sweep.name,
+                cell_request=cell.request,  # as planned: local reference files by path
             )
             data = images.embed_recipe(image.data, image.ext, recipe)
             path = images.image_relpath(cell.cell_id, index, image.ext)
