@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from pipeline import pricing
 from pipeline.errors import BudgetExceeded
 from pipeline.pricing import usd
+from pipeline.progress import shown
 from pipeline.schema import ProblemLog, validate_cells
 from pipeline.sweep import Cell, canonical_json
 
@@ -254,8 +255,9 @@ def format_plan(plan: Plan) -> str:
         f"  cached       {plan.cached_images:>12,}   (already paid for, taken from the store)",
         f"  to run       {plan.todo_images:>12,}",
         f"  estimate     {usd(plan.estimate_usd):>12}   {plan.price_note}",
-        f"  budget       {usd(plan.budget_usd):>12}",
+        f"  budget       {usd(plan.budget_usd):>12}"
+        + (f"   this shard's share of {usd(plan.budget_usd * plan.shard[1])}" if shard else ""),
     ]
     if plan.path is not None:
-        lines.append(f"  every request: {plan.path}")
+        lines.append(f"  every request: {shown(plan.path)}")
     return "\n".join(lines)

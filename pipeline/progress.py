@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import TextIO
 
 from pipeline.pricing import usd
@@ -83,3 +84,11 @@ class Progress:
                 self.stream.flush()
             elif self.mode == "log" and self._since_log:
                 print(self.line(), file=self.stream, flush=True)
+
+
+def shown(path: Path) -> str:
+    """A path as short as it can be said: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

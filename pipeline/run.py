@@ -51,7 +51,7 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
         cells,
         price_table=price_table,
         axis_names=sweep.axis_names,
-        budget_usd=budget,
+        budget_usd=budget / shard[1],  # the budget covers the whole sweep: each shard gets a share
         store=store,
         shard=shard,
         out_dir=ctx.run_dir,
@@ -85,6 +85,7 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
             store=store,
             price_table=price_table,
             run_dir=ctx.run_dir,
+            report_dir=ctx.run_dir.parent if ctx.multirun else None,
         )
 
 

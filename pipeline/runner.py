@@ -28,7 +28,7 @@ from pipeline.errors import ApiError, AuthError, CreditsError
 from pipeline.journal import Journal, read_journal
 from pipeline.plan import Plan
 from pipeline.pricing import usd
-from pipeline.progress import Progress
+from pipeline.progress import Progress, shown
 from pipeline.settings import ApiSettings, RunnerSettings
 from pipeline.store import Store, StoredCell
 from pipeline.sweep import Cell, Sweep
@@ -317,6 +317,7 @@ def run_sweep(
     store: Store,
     price_table: dict[str, Any],
     run_dir: Path,
+    report_dir: Path | None = None,
 ) -> int:
     """Run the cells, write the manifest, print the summary; returns the exit code."""
     client = Client(
@@ -350,11 +351,13 @@ def run_sweep(
     outcome.estimated_usd = plan.estimate_usd
     frame = manifest.rebuild(run_dir, sweep.axis_names)
     parquet_path, _ = manifest.write(frame, run_dir)
-    print(summary(outcome, frame, run_dir, parquet_path), flush=True)
+    print(summary(outcome, frame, run_dir, parquet_path, report_dir or run_dir), flush=True)
     return outcome.exit_code
 
 
-def summary(outcome: Outcome, frame: Any, run_dir: Path, parquet_path: Path) -> str:
+def summary(
+    outcome: Outcome, frame: Any, run_dir: Path, parquet_path: Path, report_dir: Path
+) -> str:
     """The end-of-run summary for a person."""
     failed = frame[frame["status"] == "failed"]
     by_code = failed["error_code"].value_counts().to_dict() if len(failed) else {}
@@ -374,6 +377,7 @@ def summary(outcome: Outcome, frame: Any, run_dir: Path, parquet_path: Path) -> 
         )
     elif outcome.stopped:
         lines.append(f"stopped  {outcome.stopped}; {outcome.not_run:,} cell(s) not run")
-    lines.append(f"outputs  {run_dir}  (manifest: {parquet_path.name}, images/)")
-    lines.append(f"next     krea-report run_dir={run_dir}")
+    lines.append(f"outputs  {shown(run_dir)}  (manifest: {parquet_path.name}, images/)")
+    lines.append(f"next     krea-report run_dir={shown(report_dir)}")
     return "\n".join(lines)
+
