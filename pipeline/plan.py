@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import pricing
-from pipeline.errors import BudgetExceeded
+from pipeline.errors import BudgetExceeded, ConfigError
 from pipeline.pricing import usd
 from pipeline.progress import shown
 from pipeline.schema import ProblemLog, validate_cells
@@ -113,8 +113,17 @@ def _plan_pass(
     plan = Plan(budget_usd=budget_usd, shard=shard, price_note=_price_note(table))
     writer = _PlanWriter(out_dir, axis_names, string_axes) if out_dir is not None else None
     log = ProblemLog()
+    seen: dict[int, int] = {}  # hash of each cell_id → its index: a duplicate would pay twice
+    duplicates: list[str] = []
     try:
         for cell in validate_cells(cells, log):
+            key = hash(cell.cell_id)
+            first = seen.setdefault(key, cell.index)
+            if first != cell.index and len(duplicates) < 10:
+                duplicates.append(
+                    f"  cells {first} and {cell.index} are the same request (cell_id "
+                    f"{cell.cell_id}): {', '.join(f'{k}={v}' for k, v in cell.axes.items())}"
+                )
             if not in_shard(cell.cell_id, *shard):
                 continue
             images = int(cell.request.get("numberResults", 1))
@@ -130,6 +139,11 @@ def _plan_pass(
                 plan.estimate_usd += cost
             if writer is not None and not log.groups:
                 writer.add(cell, cost, cached)
+        if duplicates:
+            raise ConfigError(
+                "the sweep asks for the same request more than once (it would be paid twice); "
+                "drop the repeats (e.g. with exclude) or vary them:\n" + "\n".join(duplicates)
+            )
         if writer is not None:
             plan.path = writer.close()
             writer = None

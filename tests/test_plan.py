@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipeline.errors import BudgetExceeded
+from pipeline.errors import BudgetExceeded, ConfigError
 from pipeline.plan import Plan, check_budget, format_plan, in_shard, make_plan
 from pipeline.pricing import estimate, load_price_table
 from pipeline.sweep import Cell
@@ -122,3 +122,19 @@ def test_budget_gate(estimate_usd: float, budget: float, refused: bool) -> None:
             check_budget(plan)
     else:
         check_budget(plan)
+
+
+def test_a_repeated_request_is_refused_before_it_is_paid_twice(tmp_path: Path) -> None:
+    cells = _cells(5)
+    twin = Cell(
+        index=5, axes={"vars.k": 9}, request=cells[2].request, seed=2, cell_id=cells[2].cell_id
+    )
+    with pytest.raises(ConfigError, match="cells 2 and 5 are the same request"):
+        make_plan(
+            lambda: [*cells, twin],
+            price_table=TABLE,
+            axis_names=["vars.k"],
+            budget_usd=5,
+            out_dir=tmp_path,
+        )
+    assert not (tmp_path / "plan.parquet").exists()
