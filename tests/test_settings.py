@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SWEEPS, compose_config
+from conftest import CONF, SWEEPS, compose_config
 
 from pipeline.errors import ConfigError
 from pipeline.settings import api_key, api_settings, is_loopback
@@ -90,3 +90,11 @@ def test_every_conf_key_has_a_comment() -> None:
             if "#" not in stripped:
                 missing.append(f"{path.relative_to(root)}:{number}: {stripped}")
     assert not missing, "keys without a comment:\n" + "\n".join(missing)
+
+
+def test_a_sweep_key_can_be_overridden_like_any_config() -> None:
+    from pipeline.sweep import count_cells, load_sweep
+
+    spec = compose_config("run", ["sweep=demo", "sweep.seeds=[7,8]"])["sweep"]
+    assert spec["seeds"] == [7, 8]
+    assert count_cells(load_sweep(spec, CONF / "sweep")) == 2 * 34
