@@ -26,6 +26,7 @@ REQUEST_SCHEMA_PATH = SCHEMA_DIR / "krea-2-large.request.json"
 _ATTEMPT_FIELDS = {"taskType": "imageInference", "taskUUID": "00000000-0000-4000-8000-000000000000"}
 _FREE_FIELDS = ("positivePrompt", "seed")  # checked alone, left out of the memo key
 _EXAMPLES_PER_PROBLEM = 5
+_SET_BY_US = {"taskType", "taskUUID", "deliveryMethod", "includeCost"}  # not for a sweep to set
 
 
 @cache
@@ -84,7 +85,7 @@ def describe(error: jsonschema.ValidationError) -> tuple[str, str]:
         return f"{where}{missing[0]}", "is required but missing"
     if kind == "additionalProperties":
         extra = sorted(set(value) - set(schema.get("properties", {})))
-        allowed = ", ".join(sorted(schema.get("properties", {})))
+        allowed = ", ".join(sorted(set(schema.get("properties", {})) - _SET_BY_US))
         where = f"{path}." if error.absolute_path else ""
         return (
             f"{where}{extra[0]}",
@@ -158,7 +159,7 @@ class ProblemLog:
         for key, cells in self.groups.items():
             path, message = key
             for cell in cells:
-                axes = ", ".join(f"{k}={v}" for k, v in cell.axes.items()) or "no swept axes"
+                axes = ", ".join([*(f"{k}={v}" for k, v in cell.axes.items()), f"seed={cell.seed}"])
                 out.append(f"  cell {cell.index} ({axes}): {path}: {message}")
             rest = self.counts[key] - len(cells)
             if rest:
