@@ -766,7 +766,9 @@ def _missing(v: Any) -> bool:
 
 
 def money(v: float, places: int = 2, sign: bool = False) -> str:
-    """`$1,234.56` (and `+`/`-` when `sign`)."""
+    """`$1,234.56`, or `$2.205` where tenths of a cent matter (and `+`/`-` when `sign`)."""
+    if places == 2 and round(abs(v) * 100, 6) != int(round(abs(v) * 100, 6)):
+        places = 3  # prices have half-cent steps ($0.065): show them as krea-run does
     text = f"${abs(v):,.{places}f}"
     if sign:
         return ("-" if v < 0 and round(abs(v), places) else "+") + text

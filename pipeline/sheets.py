@@ -31,6 +31,7 @@ from pipeline.errors import ConfigError
 SOURCE = "_run_dir"
 RUN = "run"
 NOT_RUN = "not run"
+ABSENT = "not in sweep"  # a row × column combination the sweep never had (e.g. excluded)
 NONE_LABEL = "(none)"
 GRID_ROW = "_grid_row"
 GRID_COL = "_grid_col"
@@ -57,6 +58,7 @@ MAX_TILES = 4  # images drawn in one cell (2 × 2); more are counted in a badge
 STATE_FILL: dict[str, RGB] = {
     "failed": FAILED_BG,
     NOT_RUN: NOT_RUN_BG,
+    ABSENT: (248, 248, 248),
     "missing": MISSING_BG,
     "ok": TILE_BG,
     "partial": TILE_BG,
@@ -129,10 +131,13 @@ class Cell:
     missing: int = 0  # ok/cached rows whose file is not there
     failed: int = 0  # failed rows
     error_codes: tuple[str, ...] = ()
+    in_sweep: bool = True  # False for a grid position no cell of the sweep has
 
     @property
     def state(self) -> str:
-        """ok | partial | failed | missing | not run."""
+        """ok | partial | failed | missing | not run | not in sweep."""
+        if not self.in_sweep:
+            return ABSENT
         if self.total:
             if not self.images:
                 return "missing"
@@ -155,8 +160,8 @@ class SheetSpec:
     aspect: float = 1.0  # height / width of the images (cells take this shape)
 
     def cell(self, row: int, col: int) -> Cell:
-        """The cell at (row, col); an empty (not run) one when nothing is there."""
-        return self.cells.get((row, col), Cell())
+        """The cell at (row, col); a `not in sweep` blank when no cell of the sweep is there."""
+        return self.cells.get((row, col), Cell(in_sweep=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,8 +540,8 @@ def cell_text(cell: Cell) -> str | None:
     state = cell.state
     if state == "failed":
         return "failed: " + ", ".join(cell.error_codes or ("unknown",))
-    if state == NOT_RUN:
-        return NOT_RUN
+    if state in (NOT_RUN, ABSENT):
+        return state
     if state == "missing":
         return "image missing"
     return None

@@ -86,15 +86,16 @@ def test_failed_cell_is_a_labelled_blank(tmp_path: Path) -> None:
     assert image.getpixel(center) in COLORS
 
 
-def test_cells_not_run_are_marked(tmp_path: Path) -> None:
-    rows = [r for r in sample_rows() if r["cell_index"] != 4]  # motion blur / medium missing
+def test_a_position_no_cell_has_is_marked_not_in_sweep(tmp_path: Path) -> None:
+    rows = [r for r in sample_rows() if r["cell_index"] != 4]  # motion blur / medium: no cell
     run = make_run(tmp_path / "run", rows)
     layout = one_sheet(run, thumb_px=96)
     slot = layout.slot(1, 1)
-    assert slot.state == "not run"
-    assert [t.text for t in layout.texts_of("cell") if slot.box.contains(t.box)] == ["not run"]
+    assert slot.state == sheets.ABSENT
+    texts = [t.text for t in layout.texts_of("cell") if slot.box.contains(t.box)]
+    assert texts == [sheets.ABSENT]
     image = sheets.render(layout)
-    assert all(image.getpixel(p) == sheets.NOT_RUN_BG for p in corners(slot.box))
+    assert all(image.getpixel(p) == sheets.STATE_FILL[sheets.ABSENT] for p in corners(slot.box))
 
 
 def test_planned_cells_of_a_crashed_run_are_not_run(tmp_path: Path) -> None:
@@ -194,7 +195,7 @@ def test_defaults_with_one_axis_and_with_none(tmp_path: Path) -> None:
     layout = one_sheet(make_run(tmp_path / "none", rows, []), thumb_px=64)
     assert texts(layout, "row") == ["0", "3"] and texts(layout, "col") == ["+0", "+1", "+2"]
     assert [s.state for s in layout.slots].count("ok") == 5
-    assert layout.slot(1, 2).state == "not run"
+    assert layout.slot(1, 2).state == sheets.ABSENT
 
 
 def test_bad_axis_choices(tmp_path: Path) -> None:

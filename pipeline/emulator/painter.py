@@ -111,6 +111,9 @@ def _background(spec: RenderSpec, digest: bytes, rng: random.Random) -> Image.Im
             draw.ellipse((x, y, x + bw, y + bh), fill=colour)
         else:
             draw.rectangle((x, y, x + bw, y + bh), fill=colour)
+    for strength, ref_colour in spec.refs:  # a visible pull toward (or away from) each reference
+        toward = ref_colour if strength >= 0 else tuple(255 - c for c in ref_colour)
+        card = Image.blend(card, Image.new("RGB", small, toward), min(0.7, 0.35 * abs(strength)))
     return card.resize((w, h), Image.Resampling.NEAREST)
 
 
