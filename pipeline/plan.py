@@ -160,7 +160,8 @@ class _PlanWriter:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.final = out_dir / PLAN_FILE
         self.tmp = out_dir / f".{PLAN_FILE}.{os.getpid()}.tmp"
-        self.axis_names = axis_names
+        fixed = {"cell_id", "cell_index", "seed", "numberResults", "estimated_cost_usd", "cached"}
+        self.axis_names = [a for a in axis_names if a not in fixed | {"request_json"}]
         self.string_axes = string_axes
         self.rows: dict[str, list[Any]] = self._empty()
         self.writer: pq.ParquetWriter | None = None

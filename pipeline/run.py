@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline import settings
 from pipeline.entry import CONF_DIR, JobContext, job_context, report_errors, to_plain
 from pipeline.errors import ConfigError
-from pipeline.plan import check_budget, format_plan, in_shard, make_plan
+from pipeline.plan import Plan, check_budget, format_plan, in_shard, make_plan
 from pipeline.pricing import usd
 from pipeline.schema import validate_cells
 from pipeline.store import Store
 from pipeline.sweep import Cell, Sweep, expand, load_sweep
+
+if TYPE_CHECKING:
+    from pipeline.runner import SweepInfo
 
 
 def load(cfg: dict[str, Any], ctx: JobContext) -> Sweep:
@@ -57,16 +62,51 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
         out_dir=ctx.run_dir,
         backend=api.backend,
     )
+    stop = gate(plan, api, dry_run=dry_run, confirm=bool(cfg.get("confirm", True)))
+    if stop is not None:
+        return stop
+    return execute(
+        (c for c in validate_cells(cells()) if in_shard(c.cell_id, *shard)),
+        plan,
+        sweep=sweep,
+        api=api,
+        key=key,
+        runner_cfg=runner_cfg,
+        store=store,
+        price_table=price_table,
+        run_dir=ctx.run_dir,
+        report_dir=ctx.run_dir.parent if ctx.multirun else None,
+    )
+
+
+def gate(plan: Plan, api: settings.ApiSettings, *, dry_run: bool, confirm: bool) -> int | None:
+    """Print the plan and apply its gates (budget, dry run, confirmation); a code means stop."""
     print(format_plan(plan), flush=True)
     check_budget(plan)
     if dry_run:
         print("dry run: stopped after the plan; nothing was sent.", flush=True)
         return 0
-    ask = api.backend == "runware" and plan.todo_images and cfg.get("confirm", True)
+    ask = api.backend == "runware" and plan.todo_images and confirm
     if ask and sys.stdin.isatty() and not _confirmed(plan.estimate_usd, plan.todo_images):
         print("not confirmed: nothing was sent.", flush=True)
         return 1
+    return None
 
+
+def execute(
+    cells: Iterable[Cell],
+    plan: Plan,
+    *,
+    sweep: SweepInfo,
+    api: settings.ApiSettings,
+    key: str,
+    runner_cfg: settings.RunnerSettings,
+    store: Store,
+    price_table: dict[str, Any],
+    run_dir: Path,
+    report_dir: Path | None = None,
+) -> int:
+    """Run a gated plan's cells on its backend (the built-in emulator if none); the exit code."""
     from pipeline import runner  # the run itself; imported here so a dry run stays light
 
     with ExitStack() as stack:
@@ -75,7 +115,7 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
             base_url = stack.enter_context(_builtin_emulator(api))
         assert base_url is not None
         return runner.run_sweep(
-            cells=(c for c in validate_cells(cells()) if in_shard(c.cell_id, *shard)),
+            cells=cells,
             plan=plan,
             sweep=sweep,
             api=api,
@@ -84,8 +124,8 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
             runner_cfg=runner_cfg,
             store=store,
             price_table=price_table,
-            run_dir=ctx.run_dir,
-            report_dir=ctx.run_dir.parent if ctx.multirun else None,
+            run_dir=run_dir,
+            report_dir=report_dir,
         )
 
 
@@ -134,7 +174,34 @@ def _confirmed(estimate_usd: float, images: int) -> bool:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="run")
 def main(cfg: DictConfig) -> None:
     """Console script `krea-run`."""
-    report_errors("krea-run", lambda: run_job(to_plain(cfg), job_context()))
+    report_errors("krea-run", lambda: _job(cfg))
+
+
+def _job(cfg: DictConfig) -> int:
+    """The job of `main`: record the sweep's folder for reruns, then run."""
+    ctx = job_context()
+    _record_sweep_dir(ctx)
+    return run_job(to_plain(cfg), ctx)
+
+
+def _record_sweep_dir(ctx: JobContext) -> None:
+    """Add `sweep.dir` (the sweep file's folder) to the run's saved .hydra/config.yaml.
+
+    A rerun of that file (`--config-path=<run dir>/.hydra --config-name=config`) then resolves
+    the sweep's relative reference images and value files as the original run did.
+    """
+    from pipeline.images import write_atomic
+
+    subdir = HydraConfig.get().output_subdir
+    if ctx.sweep_dir is None or subdir is None:
+        return
+    path = ctx.run_dir / str(subdir) / "config.yaml"
+    with contextlib.suppress(OSError):
+        saved = OmegaConf.load(path)
+        spec = saved.get("sweep") if isinstance(saved, DictConfig) else None
+        if isinstance(spec, DictConfig) and spec.get("dir") is None:
+            spec.dir = str(ctx.sweep_dir)
+            write_atomic(path, OmegaConf.to_yaml(saved).encode("utf-8"))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline import images, manifest, pricing
 from pipeline.client import Client, Generation
@@ -31,9 +31,23 @@ from pipeline.pricing import usd
 from pipeline.progress import Progress, shown
 from pipeline.settings import ApiSettings, RunnerSettings
 from pipeline.store import Store, StoredCell
-from pipeline.sweep import Cell, Sweep
+from pipeline.sweep import Cell
 
 IMAGES_DIR = "images"
+
+
+class SweepInfo(Protocol):
+    """What the runner reads of a sweep (a `pipeline.sweep.Sweep`, or krea-reproduce's source)."""
+
+    @property
+    def name(self) -> str:
+        """The sweep's name (journal header, image recipes)."""
+        ...
+
+    @property
+    def axis_names(self) -> list[str]:
+        """The swept axis columns of the manifest."""
+        ...
 
 
 @dataclass
@@ -72,7 +86,7 @@ class Runner:
     def __init__(
         self,
         *,
-        sweep: Sweep,
+        sweep: SweepInfo,
         client: Client,
         store: Store,
         run_dir: Path,
@@ -309,7 +323,7 @@ def run_sweep(
     *,
     cells: Iterable[Cell],
     plan: Plan,
-    sweep: Sweep,
+    sweep: SweepInfo,
     api: ApiSettings,
     base_url: str,
     key: str,

@@ -138,3 +138,16 @@ def test_a_repeated_request_is_refused_before_it_is_paid_twice(tmp_path: Path) -
             out_dir=tmp_path,
         )
     assert not (tmp_path / "plan.parquet").exists()
+
+
+def test_an_axis_named_like_a_plan_column_is_written_once(tmp_path: Path) -> None:
+    cells = [_cell(i, {"numberResults": 1 + i % 2}, numberResults=1 + i % 2) for i in range(6)]
+    plan = make_plan(
+        lambda: cells,
+        price_table=TABLE,
+        axis_names=["numberResults"],
+        budget_usd=5,
+        out_dir=tmp_path,
+    )
+    frame = pd.read_parquet(tmp_path / "plan.parquet")
+    assert plan.images == 9 and frame["numberResults"].tolist() == [1, 2, 1, 2, 1, 2]
