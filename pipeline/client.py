@@ -85,7 +85,7 @@ OUTPUT_TYPES = ("base64Data", "dataURI", "URL")
 IMAGE_FIELDS = ("imageBase64Data", "imageDataURI", "imageURL")
 
 # Poll cadence (seconds).
-FIRST_POLL_START = 0.25  # first-poll delay before any completion time was observed
+FIRST_POLL_START = 0.02  # first-poll delay before any completion time was observed (then ×1.5)
 FIRST_POLL_FACTOR = 0.8  # first poll at this fraction of the median completion time
 FIRST_POLL_MIN = 0.01
 FIRST_POLL_MAX = 5.0

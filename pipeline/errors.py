@@ -37,9 +37,7 @@ class ValidationFailed(PipelineError):
     def __init__(self, problems: list[str], total: int | None = None) -> None:
         self.problems = problems
         count = total if total is not None else len(problems)
-        super().__init__(
-            f"{count} problem(s) found; nothing was sent:\n" + "\n".join(problems)
-        )
+        super().__init__(f"{count} problem(s) found; nothing was sent:\n" + "\n".join(problems))
 
 
 class BudgetExceeded(PipelineError):

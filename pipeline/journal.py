@@ -50,6 +50,9 @@ class Journal:
         self.path = Path(run_dir) / JOURNAL_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()  # group commit: one fsync at a time covers all writes
+        self._written = 0  # writes made so far
+        self._synced = 0  # writes known to be on disk
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._repair_tail()
         if os.fstat(self._fd).st_size == 0:
@@ -103,7 +106,23 @@ class Journal:
 
     def _write(self, data: bytes, sync: bool = True) -> None:
         with self._lock:
-            self._append(data, sync)
+            self._append(data, sync=False)
+            self._written += 1
+            ticket = self._written
+        if sync:
+            self._sync(ticket)
+
+    def _sync(self, ticket: int) -> None:
+        """Group commit: return once write `ticket` is on disk; one fsync serves many writers."""
+        with self._sync_lock:
+            if self._synced >= ticket:
+                return  # another writer's fsync, started after our write, covered it
+            with self._lock:
+                upto, fd = self._written, self._fd
+            if fd is None:
+                return  # closed: close() synced everything
+            os.fsync(fd)
+            self._synced = upto
 
     def submit(self, cell_id: str, task_uuid: str) -> None:
         """Record (durably) that `task_uuid` is about to be POSTed for `cell_id`."""
@@ -134,7 +153,7 @@ class Journal:
 
     def close(self) -> None:
         """Flush everything to disk and close the file; later writes raise ValueError."""
-        with self._lock:
+        with self._sync_lock, self._lock:
             if self._fd is not None:
                 os.fsync(self._fd)
                 os.close(self._fd)

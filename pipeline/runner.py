@@ -258,7 +258,7 @@ class Runner:
     def _record_success(self, cell: Cell, estimate: float, gen: Generation) -> None:
         base = manifest.cell_row(cell, estimated_cost_usd=estimate, backend=self.backend)
         paths: list[str] = []
-        files: list[tuple[bytes, str]] = []
+        files: list[tuple[bytes | Path, str]] = []  # the store hard-links the run dir's files
         for index, image in enumerate(gen.images):
             seed = image.seed if image.seed is not None else cell.seed
             recipe = images.make_recipe(
@@ -273,7 +273,7 @@ class Runner:
             path = images.image_relpath(cell.cell_id, index, image.ext)
             images.write_atomic(self.run_dir / path, data)
             paths.append(path)
-            files.append((data, image.ext))
+            files.append((self.run_dir / path, image.ext))
         rows = manifest.generation_rows(base, gen, paths)
         ok = [row for row in rows if row["status"] == "ok"]
         if len(ok) == len(rows):  # only whole cells go in the store
@@ -394,4 +394,3 @@ def summary(
     lines.append(f"outputs  {shown(run_dir)}  (manifest: {parquet_path.name}, images/)")
     lines.append(f"next     krea-report run_dir={shown(report_dir)}")
     return "\n".join(lines)
-

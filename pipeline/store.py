@@ -115,9 +115,13 @@ class Store:
         return StoredCell(cell_id, path, record, [path / name for name in files])
 
     def put(
-        self, cell_id: str, record: dict[str, Any], images: Sequence[tuple[bytes, str]]
+        self, cell_id: str, record: dict[str, Any], images: Sequence[tuple[bytes | Path, str]]
     ) -> bool:
-        """Store a finished cell atomically; False if it was already there (theirs is kept)."""
+        """Store a finished cell atomically; False if it was already there (theirs is kept).
+
+        An image given as a Path (a file already written and synced, e.g. in the run dir) is
+        hard-linked rather than copied, so the store costs no second write of the bytes.
+        """
         final = self.cell_dir(cell_id)
         if os.path.exists(final):
             return False
@@ -128,6 +132,12 @@ class Store:
         tmp.mkdir(parents=True)
         try:
             for name, (data, _) in zip(names, images, strict=True):
+                if isinstance(data, Path):
+                    try:
+                        os.link(data, tmp / name)
+                        continue
+                    except OSError:  # another filesystem, or no hard links: copy instead
+                        data = data.read_bytes()
                 self._write(tmp / name, data)
             body = json.dumps({**record, "files": names}, ensure_ascii=False, sort_keys=True)
             self._write(tmp / RECORD_NAME, body.encode("utf-8"))
@@ -166,15 +176,17 @@ class Store:
                 os.fsync(fh.fileno())
 
     def record_intent(self, cell_id: str, task_uuid: str) -> None:
-        """Durably note that `task_uuid` is about to be submitted for this cell."""
+        """Note that `task_uuid` is about to be submitted for this cell.
+
+        Written without fsync: it survives a killed process (the page cache outlives it), not a
+        power cut. The run dir's journal is fsync'd before every submit and covers that case.
+        """
         folder = self.root / INTENTS_DIR
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / _check_id(cell_id)
         tmp = folder / f".{cell_id}~{os.getpid()}~{secrets.token_hex(4)}"
-        self._write(tmp, task_uuid.encode())
+        tmp.write_bytes(task_uuid.encode())
         os.replace(tmp, path)
-        if self.fsync:
-            _fsync_dir(folder)
 
     def intent(self, cell_id: str) -> str | None:
         """The taskUUID of an earlier submit of this cell that never reached the store, if any."""
