@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import REPO, emit
+from bench.common import emit, emulator_process
 
 
 def main() -> None:
@@ -19,61 +19,27 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--concurrency", type=int, default=8, help="tasks in flight per shard")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    result: dict[str, float | int] = {
+        "cells": args.cells,
+        "latency_s": args.latency,
+        "concurrency_per_shard": args.concurrency,
+    }
+    with tempfile.TemporaryDirectory() as tmp, emulator_process(args.latency) as url:
         work = Path(tmp)
-        emulator = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.emulator",
-                "--port",
-                "0",
-                "--latency",
-                str(args.latency),
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert emulator.stdout is not None
-        url = emulator.stdout.readline().strip()
-        result: dict[str, float | int] = {
-            "cells": args.cells,
-            "latency_s": args.latency,
-            "concurrency_per_shard": args.concurrency,
-        }
-        try:
-            for shards in (1, 2, 4):
-                start = time.perf_counter()
-                done = subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "pipeline.run",
-                        "-m",
-                        "sweep=seed_study",
-                        f"sweep.seeds.count={args.cells}",
-                        "api=emulator",
-                        f"api.base_url={url}",
-                        f"runner.concurrency={args.concurrency}",
-                        "runner.progress=none",
-                        "budget.max_usd=1000",
-                        f"store.dir={work / f'store{shards}'}",
-                        f"shard.count={shards}",
-                        f"shard.index=range({shards})",
-                        "hydra/launcher=joblib",
-                        f"hydra.sweep.dir={work / f'multi{shards}'}",
-                    ],
-                    cwd=work,
-                    capture_output=True,
-                    text=True,
-                )
-                if done.returncode != 0:
-                    raise RuntimeError(done.stdout[-2000:] + done.stderr[-2000:])
-                result[f"shards_{shards}_s"] = round(time.perf_counter() - start, 2)
-        finally:
-            emulator.terminate()
-            emulator.communicate(timeout=10)
+        for shards in (1, 2, 4):
+            start = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-m", "pipeline.run", "-m", "sweep=seed_study",
+                 f"sweep.seeds.count={args.cells}", "api=emulator", f"api.base_url={url}",
+                 f"runner.concurrency={args.concurrency}", "runner.progress=none",
+                 "budget.max_usd=1000", f"store.dir={work / f'store{shards}'}",
+                 f"shard.count={shards}", f"shard.index=range({shards})",
+                 "hydra/launcher=joblib", f"hydra.sweep.dir={work / f'multi{shards}'}"],
+                cwd=work, capture_output=True, text=True,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise RuntimeError(done.stdout[-2000:] + done.stderr[-2000:])
+            result[f"shards_{shards}_s"] = round(time.perf_counter() - start, 2)
     result["speedup_4"] = round(float(result["shards_1_s"]) / float(result["shards_4_s"]), 2)
     emit(result)
 

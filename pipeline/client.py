@@ -55,7 +55,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -75,6 +75,8 @@ from pipeline.errors import (
     SafetyError,
     TransientError,
 )
+from pipeline.journal import utc_now
+from pipeline.sweep import is_local_file
 
 __all__ = ["Client", "Generation", "ImageResult", "classify"]
 
@@ -145,8 +147,6 @@ _STATUS_CODES = {
     408: "requestTimeout",
     429: "rateLimitExceeded",
 }
-_LOCAL_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _DATA_URI_RE = re.compile(r"^data:([\w/+.-]+)?(;[^,]*)?,", re.IGNORECASE)
 _MIME_EXT = {
     "image/png": "png",
@@ -391,20 +391,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def _utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _is_local_file(value: Any) -> bool:
-    """design.md `is_local_file`: not a UUID/URL/data URI, < 1024 chars, an image extension."""
-    if not isinstance(value, str) or len(value) >= 1024 or _UUID_RE.match(value):
-        return False
-    low = value.lower()
-    if low.startswith(("http://", "https://", "data:")):
-        return False
-    return low.endswith(_LOCAL_EXTS)
 
 
 def _sniff_ext(data: bytes) -> str | None:
@@ -932,7 +918,7 @@ class Client:
         self._check_open()
         task = self._task_for(self.prepare(request), task_uuid)
         n = int(task.get("numberResults") or 1)
-        submitted_at = _utcnow()
+        submitted_at = utc_now()
         t0 = time.monotonic()
         deadline = t0 + self.poll_timeout_s
         attempts = 0
@@ -965,7 +951,7 @@ class Client:
             errors=errors,
             attempts=attempts,
             submitted_at=submitted_at,
-            finished_at=_utcnow(),
+            finished_at=utc_now(),
             latency_s=time.monotonic() - t0,
             request=task,
         )
@@ -973,7 +959,7 @@ class Client:
     def recover(self, task_uuid: str, number_results: int = 1) -> Generation | None:
         """After a crash: None if the server does not know `task_uuid`, else its finished result."""
         self._check_open()
-        submitted_at = _utcnow()
+        submitted_at = utc_now()
         t0 = time.monotonic()
         state = _Pending(task_uuid, number_results, t0 + self.poll_timeout_s)
         state.learn = False
@@ -990,7 +976,7 @@ class Client:
             errors=errors,
             attempts=0,
             submitted_at=submitted_at,
-            finished_at=_utcnow(),
+            finished_at=utc_now(),
             latency_s=time.monotonic() - t0,
             request={
                 "taskType": "imageInference",
@@ -1301,7 +1287,7 @@ class Client:
             return {k: self._prepare_value(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self._prepare_value(v) for v in value]
-        if _is_local_file(value):
+        if is_local_file(value):
             return self._reference(Path(value))
         return value
 

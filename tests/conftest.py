@@ -69,3 +69,39 @@ def emulator() -> Iterator[Any]:
 
     with Emulator(0) as emu:
         yield emu
+
+
+@pytest.fixture
+def standalone_emulator(tmp_path: Path) -> Iterator[Any]:
+    """Start `python -m pipeline.emulator` processes: `start(latency_s)` → (base URL, ledger)."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(latency_s: float = 0.0) -> tuple[str, Path]:
+        ledger = tmp_path / f"ledger-{len(procs)}.jsonl"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.emulator",
+                "--port",
+                "0",
+                "--latency",
+                str(latency_s),
+                "--ledger",
+                str(ledger),
+            ],
+            cwd=REPO,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        return url, ledger
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.communicate(timeout=10)

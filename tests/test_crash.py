@@ -7,11 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import REPO, cli_env
+from conftest import cli_env
 from runs import charges_by_seed, ledger, read_manifest, run_sweep_inprocess, seed_sweep
 
 from pipeline import images
@@ -21,34 +21,9 @@ CELLS = 40
 
 
 @pytest.fixture
-def standalone(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A standalone emulator process with 0.3 s latency and a ledger; yields (url, ledger)."""
-    path = tmp_path / "ledger.jsonl"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.emulator",
-            "--port",
-            "0",
-            "--latency",
-            "0.3",
-            "--ledger",
-            str(path),
-        ],
-        cwd=REPO,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    assert url.startswith("http://127.0.0.1:"), url
-    try:
-        yield url, path
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
+def standalone(standalone_emulator: Any) -> tuple[str, Path]:
+    """A standalone emulator process with 0.3 s latency and a ledger: (url, ledger)."""
+    return standalone_emulator(0.3)
 
 
 def _krea_run(tmp_path: Path, url: str, run_dir: str) -> subprocess.Popen[str]:

@@ -2,47 +2,21 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import REPO, cli_env, run_cli
+from conftest import run_cli
 from runs import charges_by_seed, ledger
 
 from pipeline import manifest
 
 
 @pytest.fixture
-def standalone(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """One standalone emulator process with a ledger, shared by every shard."""
-    path = tmp_path / "ledger.jsonl"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.emulator",
-            "--port",
-            "0",
-            "--latency",
-            "0.05",
-            "--ledger",
-            str(path),
-        ],
-        cwd=REPO,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    try:
-        yield url, path
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
+def standalone(standalone_emulator: Any) -> tuple[str, Path]:
+    """One standalone emulator process with a ledger, shared by every shard: (url, ledger)."""
+    return standalone_emulator(0.05)
 
 
 def test_two_joblib_shards_cover_the_plan_once(
