@@ -547,15 +547,7 @@ class Emulator:
     # ------------------------------------------------------------------ getResponse
 
     def _get_response(self, task: dict[str, Any]) -> list[dict[str, Any]]:
-        task_uuid = task.get("taskUUID")
-        if not isinstance(task_uuid, str) or not task_uuid:
-            raise task_error(
-                400,
-                "missingTaskUUID",
-                "Missing required parameter 'taskUUID'.",
-                task,
-                parameter="taskUUID",
-            )
+        task_uuid = _task_uuid(task)
         with self._lock:
             record = self._tasks.get(task_uuid)
         if record is None:
@@ -595,15 +587,7 @@ class Emulator:
     # ------------------------------------------------------------------ imageUpload
 
     def _upload(self, task: dict[str, Any]) -> list[dict[str, Any]]:
-        task_uuid = task.get("taskUUID")
-        if not isinstance(task_uuid, str) or not task_uuid:
-            raise task_error(
-                400,
-                "missingTaskUUID",
-                "Missing required parameter 'taskUUID'.",
-                task,
-                parameter="taskUUID",
-            )
+        task_uuid = _task_uuid(task)
         value = task.get("image")
         if not isinstance(value, str) or not value:
             raise task_error(
@@ -901,3 +885,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._reply(self.server.emulator.serve_get(urlsplit(self.path).path))
+
+
+def _task_uuid(task: dict[str, Any]) -> str:
+    """The task's taskUUID, or Runware's 400 `missingTaskUUID` error."""
+    task_uuid = task.get("taskUUID")
+    if not isinstance(task_uuid, str) or not task_uuid:
+        raise task_error(
+            400,
+            "missingTaskUUID",
+            "Missing required parameter 'taskUUID'.",
+            task,
+            parameter="taskUUID",
+        )
+    return task_uuid
