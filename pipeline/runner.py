@@ -12,6 +12,7 @@ key or missing credits stop it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -34,6 +35,7 @@ from pipeline.store import Store, StoredCell
 from pipeline.sweep import Cell
 
 IMAGES_DIR = "images"
+log = logging.getLogger(__name__)
 
 
 class SweepInfo(Protocol):
@@ -74,10 +76,6 @@ class Outcome:
         if self.stopped:
             return 2
         return 1 if self.failed else 0
-
-
-class _Stop(Exception):
-    """Raised inside the submit loop when submitting must end."""
 
 
 class Runner:
@@ -223,6 +221,8 @@ class Runner:
             estimate = pricing.estimate(cell.request, self.price_table)
             try:
                 self._run_cell(cell, estimate)
+            except Exception:  # e.g. the journal closed after Ctrl-C's grace: the store has it
+                log.exception("cell %s: its result could not be recorded", cell.cell_id)
             finally:
                 with self._idle:
                     self._in_flight -= 1
@@ -280,7 +280,9 @@ class Runner:
             self.store.put(cell.cell_id, manifest.store_record(ok), files)
         self.store.clear_intent(cell.cell_id)
         self.journal.results(rows)
-        billed = sum(float(row["cost_usd"] or 0.0) for row in ok)
+        per_image = estimate / max(int(cell.request.get("numberResults", 1)), 1)
+        # Toward the budget, an image the API did not price counts at its estimate, never as free.
+        billed = sum(per_image if row["cost_usd"] is None else float(row["cost_usd"]) for row in ok)
         self._count("ok" if len(ok) == len(rows) else "failed", len(ok), billed)
         if len(ok) != len(rows):
             with self._lock:
