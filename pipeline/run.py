@@ -112,7 +112,16 @@ def execute(
     with ExitStack() as stack:
         base_url = api.base_url
         if api.backend == "emulator" and base_url is None:
-            base_url = stack.enter_context(_builtin_emulator(api))
+            from pipeline.emulator import Emulator
+
+            emulator = Emulator(
+                0,
+                latency_s=api.latency_s,
+                faults=api.faults,
+                ledger=Path(api.ledger) if api.ledger else None,
+                fault_seed=api.fault_seed,
+            )
+            base_url = stack.enter_context(emulator).base_url
         assert base_url is not None
         return runner.run_sweep(
             cells=cells,
@@ -137,33 +146,9 @@ def backend_line(api: settings.ApiSettings, dry_run: bool) -> str:
         )
     if api.base_url:
         return f"backend: emulator ({api.base_url})"
-    why = "no RUNWARE_API_KEY set; " if api.key_env else ""
+    why = f"no {api.key_env} set; " if api.auto else ""
     state = "dry run, not started" if dry_run else "built-in, offline, nothing is billed"
     return f"backend: emulator ({why}{state})"
-
-
-def _builtin_emulator(api: settings.ApiSettings) -> Any:
-    """Start the in-process emulator; a context manager yielding its base URL."""
-    from contextlib import contextmanager
-
-    from pipeline.emulator import Emulator
-
-    @contextmanager
-    def running() -> Any:
-        emu = Emulator(
-            0,
-            latency_s=api.latency_s,
-            faults=api.faults,
-            ledger=Path(api.ledger) if api.ledger else None,
-            fault_seed=api.fault_seed,
-        )
-        url = emu.start()
-        try:
-            yield url
-        finally:
-            emu.stop()
-
-    return running()
 
 
 def _confirmed(estimate_usd: float, images: int) -> bool:

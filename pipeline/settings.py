@@ -34,6 +34,7 @@ class ApiSettings:
     fault_seed: int | None = None
     ledger: str | None = None
     faults: dict[str, float] = field(default_factory=dict)
+    auto: bool = False  # the backend was chosen by api=auto (from whether a key is set)
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,9 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
     """Check the `api` node and resolve `backend: auto` from the environment."""
     env = dict(os.environ) if environ is None else environ
     backend = _choice(cfg, "backend", "api", ("auto", "runware", "emulator"))
+    auto = backend == "auto"
     key_env = str(cfg.get("key_env") or "RUNWARE_API_KEY")
-    if backend == "auto":
+    if auto:
         has_key = bool(env.get(key_env)) or bool(cfg.get("key_file"))
         backend = "runware" if has_key else "emulator"
     base_url = cfg.get("base_url")
@@ -114,6 +116,7 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
         fault_seed=fault_seed,
         ledger=str(cfg["ledger"]) if cfg.get("ledger") else None,
         faults={k: float(v) for k, v in faults.items()},
+        auto=auto,
     )
 
 
