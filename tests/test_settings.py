@@ -98,3 +98,30 @@ def test_a_sweep_key_can_be_overridden_like_any_config() -> None:
     spec = compose_config("run", ["sweep=demo", "sweep.seeds=[7,8]"])["sweep"]
     assert spec["seeds"] == [7, 8]
     assert count_cells(load_sweep(spec, CONF / "sweep")) == 2 * 34
+
+
+@pytest.mark.parametrize(
+    ("group", "env", "dry_run", "line"),
+    [
+        (
+            "auto",
+            {},
+            False,
+            "backend: emulator (no RUNWARE_API_KEY set; built-in, offline, nothing is billed)",
+        ),
+        ("emulator", {"RUNWARE_API_KEY": "k"}, True, "backend: emulator (dry run, not started)"),
+        ("auto", {"RUNWARE_API_KEY": "k"}, False, "backend: runware (https://api.runware.ai/v1)"),
+        (
+            "runware",
+            {},
+            True,
+            "backend: runware (https://api.runware.ai/v1) — dry run, nothing sent",
+        ),
+    ],
+)
+def test_the_first_line_names_the_backend(
+    group: str, env: dict[str, str], dry_run: bool, line: str
+) -> None:
+    from pipeline.run import backend_line
+
+    assert backend_line(api_settings(_api(group), env), dry_run) == line
