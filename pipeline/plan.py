@@ -33,7 +33,12 @@ class HasCells(Protocol):
 
 @dataclass
 class Plan:
-    """What a run will do and cost; `estimate_usd` covers only the cells still to run."""
+    """What a run will do and cost; `estimate_usd` covers only the cells still to run.
+
+    With shards, `sweep_estimate_usd`/`sweep_budget_usd` are the whole sweep's (the same in every
+    shard, so every shard refuses or accepts alike) and `budget_usd` is this shard's share of the
+    budget, in proportion to its part of the estimate: the shares add up to the budget.
+    """
 
     cells: int = 0
     images: int = 0
@@ -42,6 +47,8 @@ class Plan:
     estimate_usd: float = 0.0
     cached_usd: float = 0.0
     budget_usd: float = 0.0
+    sweep_estimate_usd: float = 0.0
+    sweep_budget_usd: float = 0.0
     shard: tuple[int, int] = (0, 1)
     price_note: str = ""
     path: Path | None = None
@@ -110,7 +117,7 @@ def _plan_pass(
     string_axes: set[str],
     backend: str | None,
 ) -> Plan:
-    plan = Plan(budget_usd=budget_usd, shard=shard, price_note=_price_note(table))
+    plan = Plan(sweep_budget_usd=budget_usd, shard=shard, price_note=_price_note(table))
     writer = _PlanWriter(out_dir, axis_names, string_axes) if out_dir is not None else None
     log = ProblemLog()
     seen: dict[int, int] = {}  # hash of each cell_id → its index: a duplicate would pay twice
@@ -124,10 +131,13 @@ def _plan_pass(
                     f"  cells {first} and {cell.index} are the same request (cell_id "
                     f"{cell.cell_id}): {', '.join(f'{k}={v}' for k, v in cell.axes.items())}"
                 )
+            cost = pricing.estimate(cell.request, table) if not log.groups else 0.0
             if not in_shard(cell.cell_id, *shard):
+                # Another shard's cell: only its estimate counts (a stat, for the whole budget).
+                if store is None or not store.has(cell.cell_id):
+                    plan.sweep_estimate_usd += cost
                 continue
             images = int(cell.request.get("numberResults", 1))
-            cost = pricing.estimate(cell.request, table) if not log.groups else 0.0
             cached = store is not None and store.has(cell.cell_id, backend=backend)
             plan.cells += 1
             plan.images += images
@@ -144,6 +154,10 @@ def _plan_pass(
                 "the sweep asks for the same request more than once (it would be paid twice); "
                 "drop the repeats (e.g. with exclude) or vary them:\n" + "\n".join(duplicates)
             )
+        plan.sweep_estimate_usd += plan.estimate_usd
+        whole = plan.sweep_estimate_usd
+        share = plan.estimate_usd / whole if whole else 1.0 / shard[1]  # shares add up to 1
+        plan.budget_usd = budget_usd * share if shard[1] > 1 else budget_usd
         if writer is not None:
             plan.path = writer.close()
             writer = None
@@ -248,11 +262,13 @@ def _price_note(table: dict[str, Any]) -> str:
 
 def check_budget(plan: Plan) -> None:
     """Refuse a plan whose estimate for the cells still to run is over the budget."""
-    if plan.estimate_usd > plan.budget_usd + 1e-9:
+    estimate, budget = plan.sweep_estimate_usd, plan.sweep_budget_usd
+    if estimate > budget + 1e-9:
+        whole = " of the whole sweep (all shards)" if plan.shard[1] > 1 else ""
         raise BudgetExceeded(
-            f"the plan's estimate {usd(plan.estimate_usd)} is over the budget "
-            f"{usd(plan.budget_usd)}; nothing was sent. Raise it with budget.max_usd="
-            f"{_round_up(plan.estimate_usd)}, or shrink the sweep (sample, shard, fewer seeds)."
+            f"the plan's estimate{whole} {usd(estimate)} is over the budget "
+            f"{usd(budget)}; nothing was sent. Raise it with budget.max_usd="
+            f"{_round_up(estimate)}, or shrink the sweep (sample, fewer seeds)."
         )
 
 
@@ -269,9 +285,10 @@ def format_plan(plan: Plan) -> str:
         f"  images       {plan.images:>12,}",
         f"  cached       {plan.cached_images:>12,}   (already paid for, taken from the store)",
         f"  to run       {plan.todo_images:>12,}",
-        f"  estimate     {usd(plan.estimate_usd):>12}   {plan.price_note}",
+        f"  estimate     {usd(plan.estimate_usd):>12}   {plan.price_note}"
+        + (f"; whole sweep {usd(plan.sweep_estimate_usd)}" if shard else ""),
         f"  budget       {usd(plan.budget_usd):>12}"
-        + (f"   this shard's share of {usd(plan.budget_usd * plan.shard[1])}" if shard else ""),
+        + (f"   this shard's share of {usd(plan.sweep_budget_usd)}" if shard else ""),
     ]
     if plan.path is not None:
         lines.append(f"  every request: {shown(plan.path)}")

@@ -56,7 +56,7 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
         cells,
         price_table=price_table,
         axis_names=sweep.axis_names,
-        budget_usd=budget / shard[1],  # the budget covers the whole sweep: each shard gets a share
+        budget_usd=budget,  # for the whole sweep: each shard gets a share (see Plan)
         store=store,
         shard=shard,
         out_dir=ctx.run_dir,

@@ -116,7 +116,14 @@ def test_mixed_type_axis_is_written_as_text(tmp_path: Path) -> None:
     ("estimate_usd", "budget", "refused"), [(1.0, 1.0, False), (1.01, 1.0, True)]
 )
 def test_budget_gate(estimate_usd: float, budget: float, refused: bool) -> None:
-    plan = Plan(cells=1, images=1, estimate_usd=estimate_usd, budget_usd=budget)
+    plan = Plan(
+        cells=1,
+        images=1,
+        estimate_usd=estimate_usd,
+        budget_usd=budget,
+        sweep_estimate_usd=estimate_usd,
+        sweep_budget_usd=budget,
+    )
     if refused:
         with pytest.raises(BudgetExceeded, match=r"budget.max_usd=1\.02"):
             check_budget(plan)
@@ -151,3 +158,27 @@ def test_an_axis_named_like_a_plan_column_is_written_once(tmp_path: Path) -> Non
     )
     frame = pd.read_parquet(tmp_path / "plan.parquet")
     assert plan.images == 9 and frame["numberResults"].tolist() == [1, 2, 1, 2, 1, 2]
+
+
+def test_shards_share_the_budget_in_proportion_to_their_estimates(tmp_path: Path) -> None:
+    cells = _cells(40)
+    whole = 40 * 0.06
+    plans = [
+        make_plan(lambda: cells, price_table=TABLE, axis_names=[], budget_usd=whole, shard=(i, 3))
+        for i in range(3)
+    ]
+    for plan in plans:
+        check_budget(plan)  # the whole sweep fits, so no shard refuses, however uneven
+        assert plan.sweep_estimate_usd == pytest.approx(whole)
+        assert plan.budget_usd == pytest.approx(plan.estimate_usd)
+    assert sum(p.budget_usd for p in plans) == pytest.approx(whole)
+    with pytest.raises(BudgetExceeded, match="whole sweep"):
+        check_budget(
+            make_plan(
+                lambda: cells,
+                price_table=TABLE,
+                axis_names=[],
+                budget_usd=whole - 0.01,
+                shard=(0, 3),
+            )
+        )
