@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.errors import ConfigError, PipelineError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+EXIT_FILE_ENV = "KREA_SWEEP_EXIT_FILE"  # where multirun jobs (in any process) leave their codes
 
 
 @dataclass(frozen=True)
@@ -70,5 +72,23 @@ def report_errors(command: str, job: Callable[[], int]) -> None:
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr, flush=True)
         code = 130
-    if code and HydraConfig.get().mode != RunMode.MULTIRUN:
-        sys.exit(code)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        if code:
+            sys.exit(code)
+    elif code and os.environ.get(EXIT_FILE_ENV):
+        with open(os.environ[EXIT_FILE_ENV], "a") as codes:
+            codes.write(f"{code}\n")
+
+
+def console(hydra_main: Callable[[], None]) -> None:
+    """A console script: run the Hydra app; after a multirun, exit with its worst job's code."""
+    fd, path = tempfile.mkstemp(prefix="krea-sweep-exit-")
+    os.close(fd)
+    os.environ[EXIT_FILE_ENV] = path  # launchers' worker processes inherit it
+    try:
+        hydra_main()
+        codes = [int(line) for line in Path(path).read_text().split()]
+    finally:
+        os.unlink(path)
+    if codes:
+        sys.exit(max(codes))

@@ -49,6 +49,7 @@ class Plan:
     budget_usd: float = 0.0
     sweep_estimate_usd: float = 0.0
     sweep_budget_usd: float = 0.0
+    shard_part: float = 1.0  # this shard's part of the whole sweep's cost, cached cells included
     shard: tuple[int, int] = (0, 1)
     price_note: str = ""
     path: Path | None = None
@@ -121,6 +122,7 @@ def _plan_pass(
     writer = _PlanWriter(out_dir, axis_names, string_axes) if out_dir is not None else None
     log = ProblemLog()
     seen: dict[int, int] = {}  # hash of each cell_id → its index: a duplicate would pay twice
+    all_usd = shard_usd = 0.0  # every cell's estimate, cached or not: shares that add up
     duplicates: list[str] = []
     try:
         for cell in validate_cells(cells, log):
@@ -132,11 +134,13 @@ def _plan_pass(
                     f"{cell.cell_id}): {', '.join(f'{k}={v}' for k, v in cell.axes.items())}"
                 )
             cost = pricing.estimate(cell.request, table) if not log.groups else 0.0
+            all_usd += cost
             if not in_shard(cell.cell_id, *shard):
-                # Another shard's cell: only its estimate counts (a stat, for the whole budget).
-                if store is None or not store.has(cell.cell_id):
+                # Another shard's cell: only its estimate counts, for the whole sweep's budget.
+                if store is None or not store.has(cell.cell_id, backend=backend):
                     plan.sweep_estimate_usd += cost
                 continue
+            shard_usd += cost
             images = int(cell.request.get("numberResults", 1))
             cached = store is not None and store.has(cell.cell_id, backend=backend)
             plan.cells += 1
@@ -155,9 +159,10 @@ def _plan_pass(
                 "drop the repeats (e.g. with exclude) or vary them:\n" + "\n".join(duplicates)
             )
         plan.sweep_estimate_usd += plan.estimate_usd
-        whole = plan.sweep_estimate_usd
-        share = plan.estimate_usd / whole if whole else 1.0 / shard[1]  # shares add up to 1
-        plan.budget_usd = budget_usd * share if shard[1] > 1 else budget_usd
+        # Shares come from estimates the store cannot change, so shards that plan at different
+        # moments (while others fill the store) still get shares that add up to the budget.
+        plan.shard_part = shard_usd / all_usd if all_usd else 1.0 / shard[1]
+        plan.budget_usd = budget_usd * plan.shard_part if shard[1] > 1 else budget_usd
         if writer is not None:
             plan.path = writer.close()
             writer = None

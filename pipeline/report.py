@@ -37,7 +37,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from pipeline import charts, journal, manifest, sheets
-from pipeline.entry import CONF_DIR, report_errors, to_plain
+from pipeline.entry import CONF_DIR, console, report_errors, to_plain
 from pipeline.errors import ConfigError
 
 PLAN_NAME = "plan.parquet"
@@ -1259,5 +1259,10 @@ def main(cfg: DictConfig) -> None:
     report_errors("krea-report", lambda: report_job(to_plain(cfg)))
 
 
+def cli() -> None:
+    """Console script `krea-report`."""
+    console(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -51,7 +51,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from pipeline import images, manifest, settings
-from pipeline.entry import CONF_DIR, JobContext, job_context, report_errors, to_plain
+from pipeline.entry import CONF_DIR, JobContext, console, job_context, report_errors, to_plain
 from pipeline.errors import ConfigError, PipelineError, SelectError
 from pipeline.journal import JOURNAL_NAME
 from pipeline.plan import PLAN_FILE, make_plan
@@ -728,5 +728,10 @@ def main(cfg: DictConfig) -> None:
     report_errors("krea-reproduce", lambda: reproduce_job(to_plain(cfg), job_context()))
 
 
+def cli() -> None:
+    """Console script `krea-reproduce`."""
+    console(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import settings
-from pipeline.entry import CONF_DIR, JobContext, job_context, report_errors, to_plain
+from pipeline.entry import CONF_DIR, JobContext, console, job_context, report_errors, to_plain
 from pipeline.errors import ConfigError
 from pipeline.plan import Plan, check_budget, format_plan, in_shard, make_plan
 from pipeline.pricing import usd
@@ -46,7 +46,10 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
     key = "" if dry_run else settings.api_key(api)  # a missing key fails before any work
 
     sweep = load(cfg, ctx)
-    store = Store(Path(str((cfg.get("store") or {}).get("dir") or "outputs/.store")))
+    # One store (and one set of submit intents) per backend: an emulator image is never served to,
+    # and an emulator run never touches the intents of, a run on the real API.
+    store_root = Path(str((cfg.get("store") or {}).get("dir") or "outputs/.store"))
+    store = Store(store_root / api.backend)
     price_table = cfg.get("pricing") or {}
 
     def cells() -> Iterable[Cell]:
@@ -189,5 +192,10 @@ def _record_sweep_dir(ctx: JobContext) -> None:
             write_atomic(path, OmegaConf.to_yaml(saved).encode("utf-8"))
 
 
+def cli() -> None:
+    """Console script `krea-run`."""
+    console(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

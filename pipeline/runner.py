@@ -12,6 +12,7 @@ key or missing credits stop it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import threading
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 
 from pipeline import images, manifest, pricing
 from pipeline.client import Client, Generation
-from pipeline.errors import ApiError, AuthError, CreditsError
+from pipeline.errors import ApiError, AuthError, CreditsError, RequestRejected, SafetyError
 from pipeline.journal import Journal, read_journal
 from pipeline.plan import Plan
 from pipeline.pricing import usd
@@ -124,8 +125,9 @@ class Runner:
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
         self._in_flight_usd = 0.0
+        self._billed_vs_estimate = [0.0, 0.0]  # billed and estimated USD of finished cells
         self._stop_reason = ""
-        self._queue: queue.Queue[Cell | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Cell, float] | None] = queue.Queue()
         self._workers = [
             threading.Thread(target=self._work, name=f"krea-worker-{i}", daemon=True)
             for i in range(cfg.concurrency)
@@ -142,10 +144,9 @@ class Runner:
         try:
             iterator = iter(cells)
             for cell in iterator:
-                if self._stop_reason:
+                if not self._dispatch(cell):  # submitting stopped: this cell and the rest not run
                     remaining = 1 + sum(1 for _ in iterator)
                     break
-                self._dispatch(cell)
             self._drain(timeout=None)
         except KeyboardInterrupt:
             self.outcome.interrupted = True
@@ -171,32 +172,37 @@ class Runner:
         self.outcome.wall_s = time.monotonic() - started
         return self.outcome
 
-    def _dispatch(self, cell: Cell) -> None:
+    def _dispatch(self, cell: Cell) -> bool:
+        """Answer a cell from this run dir or the store, or hand it to a worker; False: stopped."""
         if cell.cell_id in self.done_here:
             self._count(self.done_here[cell.cell_id], 0, 0.0)
-            return
+            return True
         stored = self.store.get(cell.cell_id, backend=self.backend)
         if stored is not None:
             self._from_store(cell, stored)
-            return
-        estimate = pricing.estimate(cell.request, self.price_table)
+            return True
         with self._idle:
+            # What the cell may cost: its estimate, scaled up if bills have run above estimates.
+            billed, estimated = self._billed_vs_estimate
+            scale = max(1.0, billed / estimated) if estimated else 1.0
+            estimate = pricing.estimate(cell.request, self.price_table) * scale
             while True:
                 if self._stop_reason:
-                    return
+                    return False
                 over = self.outcome.billed_usd + self._in_flight_usd + estimate > self.budget + 1e-9
                 if over and self._in_flight == 0:
                     self._stop(
                         f"budget reached: {usd(self.outcome.billed_usd)} billed, the next cell "
                         f"would pass budget.max_usd={usd(self.budget)}"
                     )
-                    return
+                    return False
                 if not over and self._in_flight < self.cfg.concurrency:
                     break
                 self._idle.wait(0.5)
             self._in_flight += 1
             self._in_flight_usd += estimate
-        self._queue.put(cell)
+        self._queue.put((cell, estimate))
+        return True
 
     def _drain(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -215,47 +221,72 @@ class Runner:
 
     def _work(self) -> None:
         while True:
-            cell = self._queue.get()
-            if cell is None:
+            item = self._queue.get()
+            if item is None:
                 return
+            cell, reserved = item
             estimate = pricing.estimate(cell.request, self.price_table)
             try:
                 self._run_cell(cell, estimate)
-            except Exception:  # e.g. the journal closed after Ctrl-C's grace: the store has it
+            except Exception as exc:  # e.g. a full disk, or the journal closed after Ctrl-C
                 log.exception("cell %s: its result could not be recorded", cell.cell_id)
+                self._unrecorded(cell, estimate, exc)
             finally:
                 with self._idle:
                     self._in_flight -= 1
-                    self._in_flight_usd -= estimate
+                    self._in_flight_usd -= reserved
                     self._idle.notify_all()
 
     def _run_cell(self, cell: Cell, estimate: float) -> None:
         number = int(cell.request.get("numberResults", 1))
         # A taskUUID submitted before (this run dir's journal, or any run's intent in the store)
-        # may have been paid for: ask for it by that taskUUID before anything is submitted.
+        # may have been paid for: it is asked for by that taskUUID before anything is submitted.
         task_uuid = self.pending.get(cell.cell_id) or self.store.intent(cell.cell_id)
+        fresh = False
         generation: Generation | None = None
         try:
-            if task_uuid is not None:
-                generation = self.client.recover(task_uuid, number)
+            if task_uuid is None:
+                claimed = str(uuid.uuid4())
+                fresh = self.store.claim_intent(cell.cell_id, claimed)
+                # Lost the claim: another run is on this cell right now; follow its task.
+                task_uuid = claimed if fresh else self.store.intent(cell.cell_id) or claimed
+            stored = self.store.get(cell.cell_id, backend=self.backend)
+            if stored is not None:  # finished by another run since this one looked
+                self._from_store(cell, stored)
+                return
+            if not fresh:
+                generation, task_uuid = self._recover(cell, task_uuid, number)
             if generation is None:
-                task_uuid = task_uuid or str(uuid.uuid4())
-                self.store.record_intent(cell.cell_id, task_uuid)
                 self.journal.submit(cell.cell_id, task_uuid)
                 generation = self.client.generate(cell.request, task_uuid)
         except ApiError as exc:
             if isinstance(exc, AuthError | CreditsError):
                 self._stop(f"{type(exc).__name__}: {exc}")
-            if not exc.retryable:  # settled for good; a transient one may still run server-side
-                self.store.clear_intent(cell.cell_id)
-            self._record_failure(cell, estimate, exc, task_uuid)
+            self._record_failure(cell, estimate, exc, task_uuid)  # the intent stays: a rerun asks
             return
         except Exception as exc:  # an unexpected bug in one cell must not lose the others
             self._record_failure(cell, estimate, exc, task_uuid)
             return
-        self._record_success(cell, estimate, generation)
+        self._record_success(cell, estimate, generation, recovered=not fresh)
 
-    def _record_success(self, cell: Cell, estimate: float, gen: Generation) -> None:
+    def _recover(self, cell: Cell, task_uuid: str, number: int) -> tuple[Generation | None, str]:
+        """An earlier task's result, or (None, the taskUUID under which to submit)."""
+        try:
+            generation = self.client.recover(task_uuid, number)
+        except (RequestRejected, SafetyError) as exc:
+            # The server settled that task as failed (no image): the cell starts a new task.
+            log.info("cell %s: task %s had failed (%s); new task", cell.cell_id, task_uuid, exc)
+            task_uuid = str(uuid.uuid4())
+            self.store.record_intent(cell.cell_id, task_uuid)
+            return None, task_uuid
+        if generation is not None:  # a recovered task carries no request: restore the cell's
+            request = {**cell.request, "taskType": "imageInference", "taskUUID": task_uuid}
+            generation = dataclasses.replace(generation, request=request)
+        return generation, task_uuid
+
+    def _record_success(
+        self, cell: Cell, estimate: float, gen: Generation, *, recovered: bool = False
+    ) -> None:
         base = manifest.cell_row(cell, estimated_cost_usd=estimate, backend=self.backend)
         paths: list[str] = []
         files: list[tuple[bytes | Path, str]] = []  # the store hard-links the run dir's files
@@ -276,13 +307,20 @@ class Runner:
             files.append((self.run_dir / path, image.ext))
         rows = manifest.generation_rows(base, gen, paths)
         ok = [row for row in rows if row["status"] == "ok"]
-        if len(ok) == len(rows):  # only whole cells go in the store
+        whole = len(ok) == len(rows)
+        if whole:  # only whole cells go in the store
             self.store.put(cell.cell_id, manifest.store_record(ok), files)
-        self.store.clear_intent(cell.cell_id)
+        if whole or recovered:
+            # Settled. A partial result straight from a submit keeps its intent: a rerun asks for
+            # the same task again (free; e.g. a failed download) before paying for a new one.
+            self.store.clear_intent(cell.cell_id)
         self.journal.results(rows)
         per_image = estimate / max(int(cell.request.get("numberResults", 1)), 1)
         # Toward the budget, an image the API did not price counts at its estimate, never as free.
         billed = sum(per_image if row["cost_usd"] is None else float(row["cost_usd"]) for row in ok)
+        with self._lock:
+            self._billed_vs_estimate[0] += billed
+            self._billed_vs_estimate[1] += per_image * len(ok)
         self._count("ok" if len(ok) == len(rows) else "failed", len(ok), billed)
         if len(ok) != len(rows):
             with self._lock:
@@ -298,6 +336,16 @@ class Runner:
         self._count("failed", 0, 0.0)
         with self._lock:
             self.outcome.failures[str(row["error_code"])] += 1
+
+    def _unrecorded(self, cell: Cell, estimate: float, exc: Exception) -> None:
+        """A cell whose outcome could not be written: counted as failed, never as done."""
+        with self._lock:
+            self.outcome.failures["unrecorded"] += 1
+        self._count("failed", 0, 0.0)
+        base = manifest.cell_row(cell, estimated_cost_usd=estimate, backend=self.backend)
+        row = manifest.failed_row(base, exc, error_code="unrecorded")
+        with contextlib.suppress(Exception):  # the intent and the store still hold what was paid
+            self.journal.results([row])
 
     def _from_store(self, cell: Cell, stored: StoredCell) -> None:
         record = stored.record

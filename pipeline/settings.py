@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ def _num(cfg: dict[str, Any], key: str, where: str, *, kind: type = float, low: 
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     if kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
-    if not ok or value is None or value < low:
+    if not ok or value is None or not math.isfinite(value) or value < low:
         want = "a whole number" if kind is int else "a number"
         raise ConfigError(f"{where}.{key} must be {want} ≥ {low}, got {value!r}")
     return kind(value)
@@ -123,14 +124,21 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
 def api_key(api: ApiSettings, environ: dict[str, str] | None = None) -> str:
     """The API key, from the environment or the key file only; a fixed dummy for the emulator."""
     env = dict(os.environ) if environ is None else environ
+    key, source = "", api.key_env
     if api.key_file:
         try:
-            key = Path(api.key_file).expanduser().read_text().strip()
+            key, source = (
+                Path(api.key_file).expanduser().read_text(),
+                f"api.key_file {api.key_file}",
+            )
         except OSError as exc:
             raise ConfigError(f"cannot read api.key_file {api.key_file}: {exc.strerror}") from exc
-        if key:
-            return key
-    key = env.get(api.key_env, "")
+    if not key.strip():
+        key, source = env.get(api.key_env, ""), api.key_env
+    key = key.strip()
+    if key and not (key.isascii() and key.isprintable() and " " not in key):
+        # Never echo it: a key with stray characters would otherwise end up in error messages.
+        raise ConfigError(f"the API key in {source} holds spaces or control characters; fix it")
     if key:
         return key
     if api.backend == "emulator":

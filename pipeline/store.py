@@ -188,6 +188,20 @@ class Store:
         tmp.write_bytes(task_uuid.encode())
         os.replace(tmp, path)
 
+    def claim_intent(self, cell_id: str, task_uuid: str) -> bool:
+        """Record an intent only if none exists (atomic across processes); False if one did."""
+        folder = self.root / INTENTS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{_check_id(cell_id)}~{os.getpid()}~{secrets.token_hex(4)}"
+        tmp.write_bytes(task_uuid.encode())
+        try:
+            os.link(tmp, folder / cell_id)  # fails if an intent exists; readers never see it half
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+        return True
+
     def intent(self, cell_id: str) -> str | None:
         """The taskUUID of an earlier submit of this cell that never reached the store, if any."""
         try:

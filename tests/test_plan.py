@@ -171,6 +171,12 @@ def test_shards_share_the_budget_in_proportion_to_their_estimates(tmp_path: Path
         check_budget(plan)  # the whole sweep fits, so no shard refuses, however uneven
         assert plan.sweep_estimate_usd == pytest.approx(whole)
         assert plan.budget_usd == pytest.approx(plan.estimate_usd)
+    # Another shard's cells already stored change neither the shares nor their sum.
+    store = FakeStore(c.cell_id for c in cells if in_shard(c.cell_id, 1, 3))
+    later = make_plan(
+        lambda: cells, price_table=TABLE, axis_names=[], budget_usd=whole, shard=(0, 3), store=store
+    )
+    assert later.budget_usd == pytest.approx(plans[0].budget_usd)
     assert sum(p.budget_usd for p in plans) == pytest.approx(whole)
     with pytest.raises(BudgetExceeded, match="whole sweep"):
         check_budget(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -169,7 +171,8 @@ def test_rerun_in_the_same_run_dir_finishes_only_what_is_missing(tmp_path: Path)
             **_emulator_edits(emu),
             **{"budget.max_usd": 0.25, "runner.concurrency": 1, **CHEAP},
         )
-        assert first == 2
+        assert first == 2  # bills of $0.06 against $0.01 estimates: reservations scale up
+        assert len(read_manifest(tmp_path / "run")) == 4
         again = run_sweep_inprocess(tmp_path, sweep, tmp_path / "run", **_emulator_edits(emu))
     assert again == 0
     frame = read_manifest(tmp_path / "run")
@@ -186,3 +189,42 @@ def test_number_results_gives_one_row_per_image(tmp_path: Path) -> None:
     assert code == 0
     assert sorted(frame["result_index"]) == [0, 0, 1, 1, 2, 2]
     assert frame["image_uuid"].is_unique and frame["image_path"].is_unique
+
+
+def test_real_api_cells_are_stored_apart_from_emulator_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An offline try-out first, then three real-API runs: each real cell is paid once."""
+    sweep = seed_sweep(3)
+    assert (
+        run_sweep_inprocess(tmp_path, sweep, tmp_path / "emu", **{"api.backend": "emulator"}) == 0
+    )
+    monkeypatch.setenv("RUNWARE_API_KEY", "sk-test")
+    with Emulator(0, ledger=tmp_path / "runware.jsonl") as real:
+        edits = {"api.backend": "runware", "api.base_url": real.base_url, "confirm": False}
+        for name in ("r1", "r2", "r3"):
+            assert run_sweep_inprocess(tmp_path, sweep, tmp_path / name, **edits) == 0
+    assert charges_by_seed(tmp_path / "runware.jsonl") == {0: 1, 1: 1, 2: 1}
+    assert set(read_manifest(tmp_path / "r3")["status"]) == {"cached"}
+
+
+def test_a_key_revoked_while_polling_keeps_the_tasks_for_the_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks accepted (and billed) before a 401 on a poll are recovered, not paid again."""
+    with Emulator(0, latency_s=1.0, api_key="key-1", ledger=tmp_path / "l.jsonl") as emu:
+
+        def rotate() -> None:
+            while len(ledger(tmp_path / "l.jsonl")) < 3:
+                time.sleep(0.02)
+            emu.api_key = "key-2"  # the key is rotated in the dashboard mid-run
+
+        threading.Thread(target=rotate, daemon=True).start()
+        monkeypatch.setenv("RUNWARE_API_KEY", "key-1")
+        edits = {"api.backend": "runware", "api.base_url": emu.base_url, "confirm": False}
+        assert run_sweep_inprocess(tmp_path, seed_sweep(3), tmp_path / "r1", **edits) == 2
+        monkeypatch.setenv("RUNWARE_API_KEY", "key-2")
+        assert run_sweep_inprocess(tmp_path, seed_sweep(3), tmp_path / "r2", **edits) == 0
+    assert charges_by_seed(tmp_path / "l.jsonl") == {0: 1, 1: 1, 2: 1}
+    recovered = read_manifest(tmp_path / "r2")
+    assert recovered["request_json"].str.contains('"positivePrompt"').all()  # not a stub request

@@ -125,3 +125,16 @@ def test_the_first_line_names_the_backend(
     from pipeline.run import backend_line
 
     assert backend_line(api_settings(_api(group), env), dry_run) == line
+
+
+@pytest.mark.parametrize("bad", ["sk-live-1234\r\nX-Evil: 1", "sk live", "sk-\x00-1"])
+def test_a_key_with_stray_characters_is_refused_without_being_shown(bad: str) -> None:
+    api = api_settings(_api("runware"), {"RUNWARE_API_KEY": bad})
+    with pytest.raises(ConfigError) as caught:
+        api_key(api, {"RUNWARE_API_KEY": bad})
+    assert "sk" not in str(caught.value).replace("RUNWARE", "")
+
+
+def test_a_key_is_stripped() -> None:
+    env = {"RUNWARE_API_KEY": "  sk-live-1234\r\n"}
+    assert api_key(api_settings(_api("runware"), env), env) == "sk-live-1234"

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import run_cli
-from runs import charges_by_seed, ledger
+from conftest import cli_env, run_cli
+from runs import charges_by_seed, ledger, run_sweep_inprocess, seed_sweep
 
 from pipeline import manifest
+from pipeline.emulator import Emulator
 
 
 @pytest.fixture
@@ -84,3 +87,58 @@ def test_multirun_over_two_sweeps(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.parent.name for p in (tmp_path / "m").glob("*/plan.parquet")) == ["0", "1"]
+
+
+def test_a_multirun_exits_with_its_worst_jobs_code(tmp_path: Path) -> None:
+    done = run_cli(
+        "run",
+        "-m",
+        "sweep=seed_study",
+        "shard.count=2",
+        "shard.index=0,1",
+        "budget.max_usd=0.01",
+        "hydra.sweep.dir=m",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.count("is over the budget") == 2
+    ok = run_cli(
+        "run", "-m", "sweep=seed_study,sizes", "dry_run=true", "hydra.sweep.dir=n", cwd=tmp_path
+    )
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_shards_that_run_one_after_another_stay_within_the_budget(tmp_path: Path) -> None:
+    """Estimates of $0.01 against bills of $0.06: the shards' spending still adds up ≤ budget."""
+    cheap = dict.fromkeys(("per_image", "with_reference_images", "with_moodboards"), 0.01)
+    with Emulator(0, ledger=tmp_path / "l.jsonl") as emu:
+        for index in range(2):
+            run_sweep_inprocess(
+                tmp_path, seed_sweep(20), tmp_path / f"shard{index}",
+                **{"api.backend": "emulator", "api.base_url": emu.base_url,
+                   "budget.max_usd": 0.30, "runner.concurrency": 1, "shard.index": index,
+                   "shard.count": 2, "pricing.models": {"krea:krea@2-large": cheap}},
+            )  # fmt: skip
+    assert 0 < sum(entry["cost"] for entry in ledger(tmp_path / "l.jsonl")) <= 0.30 + 1e-9
+
+
+@pytest.mark.slow
+def test_concurrent_runs_sharing_a_store_pay_each_cell_once(
+    tmp_path: Path, standalone: tuple[str, Path]
+) -> None:
+    url, ledger_path = standalone
+    args = [
+        "sweep=seed_study",
+        "sweep.seeds.count=300",
+        "sweep.seeds.start=0",
+        "api=emulator",
+        f"api.base_url={url}",
+        "runner.concurrency=16",
+        "budget.max_usd=100",
+        "runner.progress=none",
+    ]
+    procs = [subprocess.Popen([sys.executable, "-m", "pipeline.run", *args, f"hydra.run.dir=r{i}"],
+                              cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for i in range(3)]  # fmt: skip
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
+    assert charges_by_seed(ledger_path) == {s: 1 for s in range(300)}
