@@ -37,7 +37,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -686,32 +685,33 @@ def reproduce_job(cfg: dict[str, Any], ctx: JobContext) -> int:
         print(f"note       {note}", flush=True)
     price_table = cfg.get("pricing") or {}
     source = Source(selection.name or "reproduce", selection.axis_names)
-    # An empty store of its own: a reproduction must never be served a stored image.
-    with tempfile.TemporaryDirectory(prefix="krea-reproduce-store-") as scratch:
-        store = Store(Path(scratch))
-        plan = make_plan(
-            lambda: cells,
-            price_table=price_table,
-            axis_names=source.axis_names,
-            budget_usd=budget,
-            store=store,
-            out_dir=ctx.run_dir,
-            backend=api.backend,
-        )
-        stop = gate(plan, api, dry_run=dry_run, confirm=bool(cfg.get("confirm", True)))
-        if stop is not None:
-            return stop
-        code = execute(
-            cells,
-            plan,
-            sweep=source,
-            api=api,
-            key=key,
-            runner_cfg=runner_cfg,
-            store=store,
-            price_table=price_table,
-            run_dir=ctx.run_dir,
-        )
+    # A reproduction is never served a stored image, but it shares the store's submit intents,
+    # so a killed reproduction that is run again recovers its tasks instead of paying twice.
+    store_root = Path(str((cfg.get("store") or {}).get("dir") or "outputs/.store"))
+    store = Store(store_root / api.backend, serve=False)
+    plan = make_plan(
+        lambda: cells,
+        price_table=price_table,
+        axis_names=source.axis_names,
+        budget_usd=budget,
+        store=store,
+        out_dir=ctx.run_dir,
+        backend=api.backend,
+    )
+    stop = gate(plan, api, dry_run=dry_run, confirm=bool(cfg.get("confirm", True)))
+    if stop is not None:
+        return stop
+    code = execute(
+        cells,
+        plan,
+        sweep=source,
+        api=api,
+        key=key,
+        runner_cfg=runner_cfg,
+        store=store,
+        price_table=price_table,
+        run_dir=ctx.run_dir,
+    )
     rows = compare(selection.targets, ctx.run_dir)
     report = ctx.run_dir / REPORT_NAME
     images.write_atomic(report, comparison_frame(rows).to_csv(index=False).encode("utf-8"))

@@ -81,11 +81,21 @@ class Store:
     """Content-addressed finished cells under `root` (safe for many threads and processes)."""
 
     def __init__(
-        self, root: Path, *, fsync: bool = True, stale_after_s: float = 24 * 3600.0
+        self,
+        root: Path,
+        *,
+        fsync: bool = True,
+        stale_after_s: float = 24 * 3600.0,
+        serve: bool = True,
     ) -> None:
-        """Use (and create) `root`; remove temp dirs of writers that are certainly gone."""
+        """Use (and create) `root`; remove temp dirs of writers that are certainly gone.
+
+        `serve=False` (krea-reproduce): finished cells are never served (`has`/`get` miss), while
+        submit intents and new cells are shared like any run's.
+        """
         self.root = Path(root)
         self.fsync = fsync
+        self.serve = serve
         self.stale_after_s = stale_after_s
         self._tmp = self.root / TMP_DIR
         self._tmp.mkdir(parents=True, exist_ok=True)
@@ -97,12 +107,16 @@ class Store:
 
     def has(self, cell_id: str, *, backend: str | None = None) -> bool:
         """Whether the cell is stored (and, if `backend` is given, was made by that backend)."""
+        if not self.serve:
+            return False
         if backend is not None:
             return self.get(cell_id, backend=backend) is not None
         return os.path.exists(os.path.join(self.cell_dir(cell_id), RECORD_NAME))
 
     def get(self, cell_id: str, *, backend: str | None = None) -> StoredCell | None:
         """The stored cell, or None (also when `backend` is given and differs)."""
+        if not self.serve:
+            return None
         path = self.cell_dir(cell_id)
         try:
             with open(os.path.join(path, RECORD_NAME), "rb") as fh:
