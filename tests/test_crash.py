@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_env
+from conftest import cli_env, run_cli
 from runs import charges_by_seed, ledger, read_manifest, run_sweep_inprocess, seed_sweep
 
 from pipeline import images
@@ -139,3 +139,45 @@ def test_500_cells_under_faults_all_finish_with_one_charge_each(tmp_path: Path) 
     assert len(frame) == 500 and set(frame["status"]) == {"ok"}
     assert charges_by_seed(tmp_path / "ledger.jsonl") == {s: 1 for s in range(500)}
     assert sum(v for k, v in stats.items() if k.startswith("faults.") and k.count(".") == 1) > 50
+
+
+@pytest.mark.slow
+def test_a_killed_reproduction_is_recovered_not_repaid(
+    tmp_path: Path, standalone_emulator: Any
+) -> None:
+    first = run_cli(
+        "run", "sweep=seed_study", "sweep.seeds.count=3", "hydra.run.dir=orig", cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    url, ledger_path = standalone_emulator(3.0)
+    args = [
+        sys.executable,
+        "-m",
+        "pipeline.reproduce",
+        "run_dir=orig",
+        'select="seed >= 0"',
+        "api=emulator",
+        f"api.base_url={url}",
+        "runner.progress=none",
+    ]
+    proc = subprocess.Popen(
+        [*args, "hydra.run.dir=rep1"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_charges(ledger_path, 3, proc)  # all three tasks accepted and paid, none finished
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    again = subprocess.run(
+        [*args, "hydra.run.dir=rep2"],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert set(charges_by_seed(ledger_path).values()) == {1}
