@@ -826,7 +826,8 @@ class _Poller:
         for p in pending:
             p.fatal = p.fatal or TransientError("client closed", code="clientClosed")
             p.done.set()
-        self._executor.shutdown(wait=True)  # queued polls see the closed client and finish
+        # Queued polls are dropped; one already on the wire ends within its read timeout.
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self._thread.join(timeout=5)
 
 
