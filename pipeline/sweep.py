@@ -733,25 +733,12 @@ def _make_axis(
     loader: _Loader, path: str, tokens: tuple[Token, ...], raw_values: list[Any], where: str
 ) -> Axis | None:
     """Prepare an axis's values; duplicates (same value twice) are a problem."""
-    values: list[Any] = []
-    labels: list[Any] = []
-    keys: list[str] = []
-    ok = True
-    for i, raw in enumerate(raw_values):
-        spot = f"{where} {path!r} value #{i}"
-        if not _check_value(loader, path, tokens, raw, spot):
-            ok = False
-            continue
-        value = loader.prepare(raw, tokens, spot)
-        if tokens[0] == "vars":
-            value = _var_text(value)
-        values.append(value)
-        labels.append(_label(raw))
-        keys.append(_match_key(raw))
-    if not ok:
+    axis = _make_axis_rows(loader, path, tokens, raw_values, where, item="value")
+    if axis is None:
         return None
     seen: dict[str, int] = {}
-    for i, value in enumerate(values):
+    ok = True
+    for i, value in enumerate(axis.values):
         key = _match_key(value)
         if key in seen:
             loader.problem(
@@ -760,9 +747,7 @@ def _make_axis(
             )
             ok = False
         seen.setdefault(key, i)
-    if not ok:
-        return None
-    return Axis(path, tokens, tuple(values), tuple(labels), tuple(keys), where)
+    return axis if ok else None
 
 
 def _source_values(loader: _Loader, raw: Any, path: str, where: str) -> list[Any] | None:
@@ -905,13 +890,18 @@ def _load_zip(loader: _Loader, groups: list[Any]) -> list[tuple[Axis, ...]]:
 
 
 def _make_axis_rows(
-    loader: _Loader, path: str, tokens: tuple[Token, ...], raw_values: list[Any], where: str
+    loader: _Loader,
+    path: str,
+    tokens: tuple[Token, ...],
+    raw_values: list[Any],
+    where: str,
+    item: str = "row",
 ) -> Axis | None:
-    """Like `_make_axis` but repeated values are fine (rows are checked as tuples)."""
+    """Prepare an axis's values; repeats are fine here (zip rows are checked as tuples)."""
     values: list[Any] = []
     ok = True
     for i, raw in enumerate(raw_values):
-        spot = f"{where} {path!r} row #{i}"
+        spot = f"{where} {path!r} {item} #{i}"
         if not _check_value(loader, path, tokens, raw, spot):
             ok = False
             continue
