@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -10,13 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from pipeline import config
 from pipeline.errors import ConfigError, PipelineError
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from pipeline.resources import CONF_DIR
 EXIT_FILE_ENV = "KREA_SWEEP_EXIT_FILE"  # where multirun jobs (in any process) leave their codes
 
 
@@ -33,7 +38,7 @@ class JobContext:
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
     """The composed config as plain dicts and lists (interpolations resolved)."""
     try:
-        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True, enum_to_str=True)
     except Exception as exc:  # OmegaConf raises several unrelated types for a missing value
         raise ConfigError(str(exc).splitlines()[0]) from exc
     assert isinstance(data, dict)
@@ -60,9 +65,11 @@ def job_context() -> JobContext:
     )
 
 
-def report_errors(command: str, job: Callable[[], int]) -> None:
+def report_errors(command: str, job: Callable[[], int], cfg: DictConfig | None = None) -> None:
     """Run a job; an expected error is one clear message on stderr and exit 1, never a traceback."""
     try:
+        if cfg is not None:  # a multirun job's own overrides were not seen by the callback
+            config.check_keys(cfg, config.COMMAND_SCHEMA[command])
         code = job()
     except PipelineError as exc:
         if os.environ.get("PIPELINE_FULL_ERROR") == "1":
@@ -80,15 +87,83 @@ def report_errors(command: str, job: Callable[[], int]) -> None:
             codes.write(f"{code}\n")
 
 
-def console(hydra_main: Callable[[], None]) -> None:
-    """A console script: run the Hydra app; after a multirun, exit with its worst job's code."""
+def console(hydra_main: Callable[[], None], command: str) -> None:
+    """A console script: run the Hydra app; after a multirun, exit with its worst job's code.
+
+    Errors raised by Hydra itself (a bad override, an unknown key or sweep, a broken YAML file,
+    a run dir that cannot be made) become one line on stderr and exit 1, like the job's own.
+    """
+    full = any(os.environ.get(v) == "1" for v in ("HYDRA_FULL_ERROR", "PIPELINE_FULL_ERROR"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises its errors; they are shown below
     fd, path = tempfile.mkstemp(prefix="krea-sweep-exit-")
     os.close(fd)
     os.environ[EXIT_FILE_ENV] = path  # launchers' worker processes inherit it
     try:
         hydra_main()
         codes = [int(line) for line in Path(path).read_text().split()]
+    except (PipelineError, HydraException, OmegaConfBaseException, yaml.YAMLError, OSError) as exc:
+        if full:
+            raise
+        print(f"{command}: error: {describe(exc, command)}", file=sys.stderr, flush=True)
+        sys.exit(1)
     finally:
         os.unlink(path)
     if codes:
         sys.exit(max(codes))
+
+
+def describe(exc: BaseException, command: str) -> str:
+    """One line for an error raised before or around the job (by Hydra, OmegaConf or YAML)."""
+    schema = config.COMMAND_SCHEMA.get(command, config.RunConfig)
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, yaml.YAMLError):
+        return yaml_message(exc)
+    if isinstance(cause, yaml.YAMLError):
+        return yaml_message(cause)
+    if isinstance(exc, MissingConfigException):  # an OSError too
+        return missing_config_message(exc)
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot write{where}: {exc.strerror or first}"
+    if isinstance(cause, PipelineError):
+        return str(cause)
+    match = re.match(r"Could not (?:override|delete) '([^']+)'", first)
+    if match:
+        return config.unknown_key_message(match.group(1), schema)
+    match = re.match(r"Key '([^']+)' (?:is )?not in", first)
+    if match:
+        return config.unknown_key_message(match.group(1), schema)
+    match = re.match(r"Error merging override (.+)", first)
+    if match and cause is not None:
+        reason = str(cause).strip().splitlines()[0]
+        return f"{match.group(1)}: {reason}"
+    if cause is not None and str(cause).strip():
+        return f"{first} ({str(cause).strip().splitlines()[0]})"
+    return first
+
+
+def yaml_message(exc: yaml.YAMLError) -> str:
+    """A YAML error as `file:line:column: what is wrong`."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        if mark is not None:
+            return f"{mark.name}:{mark.line + 1}:{mark.column + 1}: {what}"
+        return what
+    return str(exc).strip().splitlines()[0]
+
+
+def missing_config_message(exc: MissingConfigException) -> str:
+    """An unknown config group option (e.g. a sweep name), with the nearest known ones first."""
+    wanted = str(exc.missing_cfg_file or "")
+    group, _, name = wanted.rpartition("/")
+    options = list(exc.options or [])
+    if not options:
+        return str(exc).strip().splitlines()[0]
+    near = difflib.get_close_matches(name, options, n=len(options), cutoff=0.0)
+    what = "sweep" if group == "sweep" else f"{group} option"
+    hint = f" (did you mean {near[0]!r}?)" if difflib.get_close_matches(name, options, n=1) else ""
+    extra = " — or pass a sweep file by its path: sweep=path/to/file.yaml" if what == "sweep" else ""
+    return f"unknown {what} {name!r}{hint}; known: {', '.join(near)}{extra}"

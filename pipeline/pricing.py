@@ -8,8 +8,9 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.resources import CONF_DIR
 
-PRICE_TABLE_PATH = Path(__file__).resolve().parent.parent / "conf" / "pricing" / "runware.yaml"
+PRICE_TABLE_PATH = CONF_DIR / "pricing" / "runware.yaml"
 
 
 def load_price_table(path: Path = PRICE_TABLE_PATH) -> dict[str, Any]:

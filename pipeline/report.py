@@ -1256,12 +1256,12 @@ def report_job(cfg: Mapping[str, Any], now: datetime | None = None) -> int:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")
 def main(cfg: DictConfig) -> None:
     """Console script `krea-report`."""
-    report_errors("krea-report", lambda: report_job(to_plain(cfg)))
+    report_errors("krea-report", lambda: report_job(to_plain(cfg)), cfg)
 
 
 def cli() -> None:
     """Console script `krea-report`."""
-    console(main)
+    console(main, "krea-report")
 
 
 if __name__ == "__main__":

@@ -725,12 +725,12 @@ def reproduce_job(cfg: dict[str, Any], ctx: JobContext) -> int:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="reproduce")
 def main(cfg: DictConfig) -> None:
     """Console script `krea-reproduce`."""
-    report_errors("krea-reproduce", lambda: reproduce_job(to_plain(cfg), job_context()))
+    report_errors("krea-reproduce", lambda: reproduce_job(to_plain(cfg), job_context()), cfg)
 
 
 def cli() -> None:
     """Console script `krea-reproduce`."""
-    console(main)
+    console(main, "krea-reproduce")
 
 
 if __name__ == "__main__":

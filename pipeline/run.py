@@ -162,7 +162,7 @@ def _confirmed(estimate_usd: float, images: int) -> bool:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="run")
 def main(cfg: DictConfig) -> None:
     """Console script `krea-run`."""
-    report_errors("krea-run", lambda: _job(cfg))
+    report_errors("krea-run", lambda: _job(cfg), cfg)
 
 
 def _job(cfg: DictConfig) -> int:
@@ -194,7 +194,7 @@ def _record_sweep_dir(ctx: JobContext) -> None:
 
 def cli() -> None:
     """Console script `krea-run`."""
-    console(main)
+    console(main, "krea-run")
 
 
 if __name__ == "__main__":

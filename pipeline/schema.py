@@ -12,15 +12,14 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 
 from pipeline.errors import ValidationFailed
+from pipeline.resources import SCHEMA_DIR
 from pipeline.sweep import Cell, canonical_json
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 REQUEST_SCHEMA_PATH = SCHEMA_DIR / "krea-2-large.request.json"
 # Placeholders for the per-attempt fields the client adds at send time.
 _ATTEMPT_FIELDS = {"taskType": "imageInference", "taskUUID": "00000000-0000-4000-8000-000000000000"}

@@ -12,7 +12,16 @@ from urllib.parse import urlparse
 
 from pipeline.errors import ConfigError
 
-FAULT_NAMES = ("http_429", "http_500", "http_503", "disconnect", "stall")
+FAULT_NAMES = (
+    "http_429",
+    "http_500",
+    "http_503",
+    "http_504",
+    "disconnect",
+    "stall",
+    "accepted_500",
+    "accepted_disconnect",
+)
 RUNWARE_URL = "https://api.runware.ai/v1"
 
 
@@ -116,7 +125,7 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
         latency_s=_num(cfg, "latency_s", "api"),
         fault_seed=fault_seed,
         ledger=str(cfg["ledger"]) if cfg.get("ledger") else None,
-        faults={k: float(v) for k, v in faults.items()},
+        faults={k: float(v) for k, v in faults.items() if v},  # zero rates: no such fault
         auto=auto,
     )
 

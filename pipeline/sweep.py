@@ -68,8 +68,9 @@ from typing import Any
 import jsonschema
 
 from pipeline.errors import ConfigError
+from pipeline.resources import SCHEMA_DIR
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "sweep.schema.json"
+SCHEMA_PATH = SCHEMA_DIR / "sweep.schema.json"
 PER_ATTEMPT_FIELDS: frozenset[str] = frozenset(
     {
         "taskType",

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 from jsonschema.exceptions import ValidationError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "krea-2-large.request.json"
+from pipeline.resources import SCHEMA_DIR
+
+SCHEMA_PATH = SCHEMA_DIR / "krea-2-large.request.json"
 MODEL_AIR = "krea:krea@2-large"
 DOCS_URL = "https://runware.ai/docs/models/krea-2-large"
 _ASPECTS = {

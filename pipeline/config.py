@@ -1,0 +1,386 @@
+"""Typed configuration: the structured-config schema of every command, and its checks.
+
+The dataclasses below are registered in Hydra's ConfigStore and listed first in the defaults of
+`run.yaml`, `report.yaml` and `reproduce.yaml`, so the YAML files and every override are merged
+onto typed nodes: a value of the wrong type is refused and `dry_run=yes` becomes `True` while
+Hydra composes. Hydra lets a `+key=value` add keys even to a typed node, so `check_keys` walks the
+composed config and refuses any key the schema does not know (with the nearest known key); it
+runs from a Hydra callback before the run dir is made, and again in each job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import sys
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from pipeline.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------
+# Choices (Enum fields are checked by OmegaConf when the config is composed)
+
+
+class Backend(Enum):
+    """Which API a command talks to."""
+
+    auto = "auto"
+    runware = "runware"
+    emulator = "emulator"
+
+
+class OutputType(Enum):
+    """Runware's outputType."""
+
+    base64Data = "base64Data"
+    dataURI = "dataURI"
+    URL = "URL"
+
+
+class Progress(Enum):
+    """How a run shows its progress."""
+
+    auto = "auto"
+    bar = "bar"
+    log = "log"
+    none = "none"
+
+
+class PriceCheck(Enum):
+    """Whether billed costs are checked against the price table while running."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class UnknownTask(Enum):
+    """What the emulator answers to getResponse of a taskUUID it never saw."""
+
+    empty = "empty"
+    taskFailedOrNotFound = "taskFailedOrNotFound"
+    taskNotFound = "taskNotFound"
+    taskExpired = "taskExpired"
+
+
+class RepeatedTask(Enum):
+    """What the emulator does with a second imageInference of a known taskUUID."""
+
+    conflict = "conflict"
+    replay = "replay"
+    charge = "charge"
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+
+
+@dataclass
+class FaultsConfig:
+    """`api.faults`: probability of each injected emulator fault per POST."""
+
+    http_429: float = 0.0
+    http_500: float = 0.0
+    http_503: float = 0.0
+    http_504: float = 0.0
+    disconnect: float = 0.0
+    stall: float = 0.0
+    accepted_500: float = 0.0
+    accepted_disconnect: float = 0.0
+
+
+@dataclass
+class EmulatorConfig:
+    """`api.emulator`: how the emulator answers the protocol's open behaviours."""
+
+    unknown_task: UnknownTask = UnknownTask.empty
+    queued_polls: int = 0
+    repeated_task: RepeatedTask = RepeatedTask.conflict
+    sync_pollable: bool = False
+    task_details: bool = True
+    credits_status: int = 402
+    price_factor: float = 1.0
+
+
+@dataclass
+class ApiConfig:
+    """`api`: where requests go and how the client talks to it."""
+
+    backend: Backend = Backend.auto
+    base_url: str | None = None
+    key_env: str = "RUNWARE_API_KEY"
+    key_file: str | None = None
+    timeout_s: float = 60.0
+    connect_timeout_s: float = 10.0
+    delivery: str = "async"  # async | sync (`async` cannot be an Enum name)
+    output_type: OutputType = OutputType.base64Data
+    upload_refs: bool = True
+    batch_polls: bool = False
+    poll_timeout_s: float = 1200.0
+    first_poll_s: float = 1.0
+    latency_s: float = 0.0
+    latency_sigma: float = 0.0
+    fault_seed: int | None = None
+    ledger: str | None = None
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
+
+
+@dataclass
+class RunnerConfig:
+    """`runner`: concurrency, retries and progress display."""
+
+    concurrency: int = 8
+    max_retries: int = 5
+    progress: Progress = Progress.auto
+    log_every: int = 25
+    stop_grace_s: float = 10.0
+
+
+@dataclass
+class ModelPrice:
+    """One model's prices per image, in USD."""
+
+    per_image: float = 0.0
+    with_reference_images: float = 0.0
+    with_moodboards: float = 0.0
+
+
+@dataclass
+class PricingConfig:
+    """`pricing`: the dated price table used for estimates."""
+
+    date: str = ""
+    source: str = ""
+    currency: str = "USD"
+    models: dict[str, ModelPrice] = field(default_factory=dict)
+
+
+@dataclass
+class BudgetConfig:
+    """`budget`: spending limits."""
+
+    max_usd: float = 5.0
+    price_tolerance: float = 0.1
+    price_check: PriceCheck = PriceCheck.auto
+
+
+@dataclass
+class StoreConfig:
+    """`store`: where finished cells are kept (null: KREA_SWEEP_STORE, else the user data dir)."""
+
+    dir: str | None = None
+
+
+@dataclass
+class ShardConfig:
+    """`shard`: this process's share of the cells."""
+
+    index: int = 0
+    count: int = 1
+
+
+@dataclass
+class RunConfig:
+    """The schema of `krea-run` (conf/run.yaml)."""
+
+    sweep: Any = None  # a sweep file's content; sweep.py checks its grammar
+    api: ApiConfig = field(default_factory=ApiConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    pricing: PricingConfig = field(default_factory=PricingConfig)
+    dry_run: bool = False
+    confirm: bool = True
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+
+
+@dataclass
+class ReportOptions:
+    """`report`: what krea-report draws and where it writes."""
+
+    rows: Any = None
+    cols: Any = None
+    filter: str | None = None
+    thumb_px: int = 256
+    min_thumb_px: int = 96
+    max_sheet_px: int = 4096
+    max_sheets: int = 60
+    sheets: bool = True
+    html: bool = True
+    embed_max_mb: float = 4.0
+    print_rows: int = 20
+    out_dir: str | None = None
+
+
+@dataclass
+class ReportConfig:
+    """The schema of `krea-report` (conf/report.yaml)."""
+
+    run_dir: Any = None  # a run dir, a multirun dir or a list of them
+    report: ReportOptions = field(default_factory=ReportOptions)
+
+
+@dataclass
+class ReproduceConfig:
+    """The schema of `krea-reproduce` (conf/reproduce.yaml)."""
+
+    run_dir: Any = None
+    select: Any = None
+    image: Any = None
+    api: ApiConfig = field(default_factory=ApiConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    pricing: PricingConfig = field(default_factory=PricingConfig)
+    dry_run: bool = False
+    confirm: bool = True
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+
+SCHEMAS: dict[str, type] = {
+    "run_schema": RunConfig,
+    "report_schema": ReportConfig,
+    "reproduce_schema": ReproduceConfig,
+}
+COMMAND_SCHEMA = {
+    "krea-run": RunConfig,
+    "krea-report": ReportConfig,
+    "krea-reproduce": ReproduceConfig,
+}
+
+
+def register() -> None:
+    """Put the schemas into Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        store.store(name=name, node=node)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+
+
+def known_keys(schema: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a schema dataclass (nested dataclasses included)."""
+    keys: list[str] = []
+    for name, kind in typing.get_type_hints(schema).items():
+        path = f"{prefix}{name}"
+        keys.append(path)
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            keys.extend(known_keys(kind, path + "."))
+    return keys
+
+
+def unknown_key_message(key: str, schema: type) -> str:
+    """'unknown key X (did you mean Y?)' with the nearest known key of the schema."""
+    key = key.lstrip("+~")
+    known = known_keys(schema)
+    parent = key.rpartition(".")[0]
+    siblings = [k for k in known if k.rpartition(".")[0] == parent]
+    near = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(
+        key, known, n=1, cutoff=0.6
+    )
+    if near:
+        return f"unknown key {key!r} (did you mean {near[0]!r}?)"
+    names = siblings or [k for k in known if "." not in k]
+    return f"unknown key {key!r}; known here: {', '.join(names)}"
+
+
+def check_keys(cfg: DictConfig, schema: type) -> None:
+    """Refuse any key of a composed config that its schema does not know."""
+    problem = _first_unknown(cfg, "")
+    if problem is not None and problem.startswith("~"):
+        raise ConfigError(f"{problem[1:]!r} cannot be removed; give it a value instead")
+    if problem is not None:
+        raise ConfigError(unknown_key_message(problem, schema))
+
+
+def _first_unknown(node: DictConfig, prefix: str) -> str | None:
+    """The first key (dotted) of `node` that its typed schema does not know, if any."""
+    kind = OmegaConf.get_type(node)
+    typed = isinstance(kind, type) and dataclasses.is_dataclass(kind)
+    fields = {f.name for f in dataclasses.fields(kind)} if typed else set()  # type: ignore[arg-type]
+    missing = sorted(fields - {str(k) for k in node})
+    if missing:
+        return f"~{prefix}{missing[0]}"
+    for key in list(node):
+        name = str(key)
+        if prefix == "" and name == "hydra":
+            continue  # Hydra's own node has Hydra's schema
+        if typed and name not in fields:
+            return prefix + name
+        child = node._get_node(name)
+        walk = typed or _typed_values(node)
+        if walk and isinstance(child, DictConfig) and not child._is_none():
+            found = _first_unknown(child, f"{prefix}{name}.")
+            if found is not None:
+                return found
+    return None
+
+
+def _typed_values(node: DictConfig) -> bool:
+    """Whether a dict node's values are typed (e.g. `pricing.models`)."""
+    value_type = node._metadata.element_type
+    return isinstance(value_type, type) and dataclasses.is_dataclass(value_type)
+
+
+def safe_name(name: Any) -> str:
+    """A sweep name that can name a run dir: refused before Hydra makes any folder with it."""
+    text = "" if name is None else str(name)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) or ".." in text:
+        raise ConfigError(
+            f"sweep name {text!r} must be letters, digits, '.', '_' or '-' (it names the run dir "
+            "outputs/<name>/); nothing was written"
+        )
+    return text
+
+
+OmegaConf.register_new_resolver("krea_name", safe_name, replace=True)
+
+
+class CheckConfig(Callback):
+    """Hydra callback: refuse unknown keys before Hydra makes the run dir (run and multirun).
+
+    Hydra turns an exception in a callback into a warning, so a refusal is printed here and
+    ends the process with exit 1 (SystemExit passes through Hydra untouched).
+    """
+
+    def __init__(self, command: str = "krea-run") -> None:
+        self.command = command
+        self.schema = COMMAND_SCHEMA[command]
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Check the composed config of a single run."""
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Check the base config of a multirun (each job is checked again as it starts)."""
+        self._check(config)
+
+    def _check(self, config: DictConfig) -> None:
+        try:
+            check_keys(config, self.schema)
+        except ConfigError as exc:
+            if os.environ.get("PIPELINE_FULL_ERROR") == "1":
+                raise SystemExit(f"{self.command}: error: {exc}") from exc
+            print(f"{self.command}: error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+
+
+def plain_lists(value: Any) -> Any:
+    """ListConfig/DictConfig to plain containers (helper for callers holding nodes)."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+    return value
+
+
+register()
