@@ -81,21 +81,29 @@ class RepeatedTask(Enum):
 
 
 # ---------------------------------------------------------------------------------------------
-# Schema
+# Schema. Every number has a range (checked when the config is composed, before anything runs).
+
+
+def num(default: float | None, low: float, high: float) -> Any:
+    """A numeric field with its allowed range."""
+    return field(default=default, metadata={"range": (low, high)})
+
+
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
 class FaultsConfig:
     """`api.faults`: probability of each injected emulator fault per POST."""
 
-    http_429: float = 0.0
-    http_500: float = 0.0
-    http_503: float = 0.0
-    http_504: float = 0.0
-    disconnect: float = 0.0
-    stall: float = 0.0
-    accepted_500: float = 0.0
-    accepted_disconnect: float = 0.0
+    http_429: float = num(0.0, 0, 1)
+    http_500: float = num(0.0, 0, 1)
+    http_503: float = num(0.0, 0, 1)
+    http_504: float = num(0.0, 0, 1)
+    disconnect: float = num(0.0, 0, 1)
+    stall: float = num(0.0, 0, 1)
+    accepted_500: float = num(0.0, 0, 1)
+    accepted_disconnect: float = num(0.0, 0, 1)
 
 
 @dataclass
@@ -103,12 +111,12 @@ class EmulatorConfig:
     """`api.emulator`: how the emulator answers the protocol's open behaviours."""
 
     unknown_task: UnknownTask = UnknownTask.empty
-    queued_polls: int = 0
+    queued_polls: int = num(0, 0, 1000)
     repeated_task: RepeatedTask = RepeatedTask.conflict
     sync_pollable: bool = False
     task_details: bool = True
-    credits_status: int = 402
-    price_factor: float = 1.0
+    credits_status: int = field(default=402, metadata={"choices": (402, 400)})
+    price_factor: float = num(1.0, 0, 100)
 
 
 @dataclass
@@ -119,17 +127,17 @@ class ApiConfig:
     base_url: str | None = None
     key_env: str = "RUNWARE_API_KEY"
     key_file: str | None = None
-    timeout_s: float = 60.0
-    connect_timeout_s: float = 10.0
+    timeout_s: float = num(60.0, 0.001, 3600)
+    connect_timeout_s: float = num(10.0, 0.001, 600)
     delivery: str = "async"  # async | sync (`async` cannot be an Enum name)
     output_type: OutputType = OutputType.base64Data
     upload_refs: bool = True
     batch_polls: bool = False
-    poll_timeout_s: float = 1200.0
-    first_poll_s: float = 1.0
-    latency_s: float = 0.0
-    latency_sigma: float = 0.0
-    fault_seed: int | None = None
+    poll_timeout_s: float = num(1200.0, 0.001, 86400)
+    first_poll_s: float = num(1.0, 0, 3600)
+    latency_s: float = num(0.0, 0, 3600)
+    latency_sigma: float = num(0.0, 0, 10)
+    fault_seed: int | None = num(None, 0, MAX_SEED)
     ledger: str | None = None
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
@@ -139,20 +147,20 @@ class ApiConfig:
 class RunnerConfig:
     """`runner`: concurrency, retries and progress display."""
 
-    concurrency: int = 8
-    max_retries: int = 5
+    concurrency: int = num(8, 1, 1024)
+    max_retries: int = num(5, 0, 100)
     progress: Progress = Progress.auto
-    log_every: int = 25
-    stop_grace_s: float = 10.0
+    log_every: int = num(25, 1, 10**9)
+    stop_grace_s: float = num(10.0, 0, 3600)
 
 
 @dataclass
 class ModelPrice:
     """One model's prices per image, in USD."""
 
-    per_image: float = 0.0
-    with_reference_images: float = 0.0
-    with_moodboards: float = 0.0
+    per_image: float = num(0.0, 0, 1000)
+    with_reference_images: float = num(0.0, 0, 1000)
+    with_moodboards: float = num(0.0, 0, 1000)
 
 
 @dataclass
@@ -169,8 +177,8 @@ class PricingConfig:
 class BudgetConfig:
     """`budget`: spending limits."""
 
-    max_usd: float = 5.0
-    price_tolerance: float = 0.1
+    max_usd: float = num(5.0, 0, 1_000_000)
+    price_tolerance: float = num(0.1, 0, 10)
     price_check: PriceCheck = PriceCheck.auto
 
 
@@ -185,8 +193,8 @@ class StoreConfig:
 class ShardConfig:
     """`shard`: this process's share of the cells."""
 
-    index: int = 0
-    count: int = 1
+    index: int = num(0, 0, 1_000_000)
+    count: int = num(1, 1, 1_000_000)
 
 
 @dataclass
@@ -208,17 +216,17 @@ class RunConfig:
 class ReportOptions:
     """`report`: what krea-report draws and where it writes."""
 
-    rows: Any = None
-    cols: Any = None
+    rows: str | None = None
+    cols: str | None = None
     filter: str | None = None
-    thumb_px: int = 256
-    min_thumb_px: int = 96
-    max_sheet_px: int = 4096
-    max_sheets: int = 60
+    thumb_px: int = num(256, 16, 4096)
+    min_thumb_px: int = num(96, 16, 4096)
+    max_sheet_px: int = num(4096, 256, 32768)
+    max_sheets: int = num(60, 0, 10_000)
     sheets: bool = True
     html: bool = True
-    embed_max_mb: float = 4.0
-    print_rows: int = 20
+    embed_max_mb: float = num(4.0, 0, 1024)
+    print_rows: int = num(20, 1, 1_000_000)
     out_dir: str | None = None
 
 
@@ -312,6 +320,13 @@ def _first_unknown(node: DictConfig, prefix: str) -> str | None:
     missing = sorted(fields - {str(k) for k in node})
     if missing:
         return f"~{prefix}{missing[0]}"
+    if typed:
+        _check_ranges(node, kind, prefix)  # type: ignore[arg-type]
+    elif _typed_values(node):
+        for key in list(node):
+            child = node._get_node(str(key))
+            if isinstance(child, DictConfig) and not child._is_none():
+                _check_ranges(child, node._metadata.element_type, f"{prefix}{key}.")
     for key in list(node):
         name = str(key)
         if prefix == "" and name == "hydra":
@@ -325,6 +340,36 @@ def _first_unknown(node: DictConfig, prefix: str) -> str | None:
             if found is not None:
                 return found
     return None
+
+
+def _check_ranges(node: DictConfig, kind: type, prefix: str) -> None:
+    """Refuse a number outside its field's range (or not finite)."""
+    for f in dataclasses.fields(kind):
+        bounds = f.metadata.get("range")
+        choices = f.metadata.get("choices")
+        if (bounds is None and choices is None) or f.name not in node:
+            continue
+        value = node[f.name]
+        if value is None:
+            continue
+        if choices is not None:
+            if value not in choices:
+                allowed = " or ".join(str(c) for c in choices)
+                raise ConfigError(f"{prefix}{f.name} must be {allowed}, got {_show(value)}")
+            continue
+        low, high = bounds
+        if not (isinstance(value, int | float) and low <= value <= high):
+            raise ConfigError(
+                f"{prefix}{f.name} must be between {_show(low)} and {_show(high)}, "
+                f"got {_show(value)}"
+            )
+
+
+def _show(value: Any) -> str:
+    """A number as a person writes it (1e10 stays short; 86400 stays whole)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
 
 
 def _typed_values(node: DictConfig) -> bool:

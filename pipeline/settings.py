@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -23,6 +24,19 @@ FAULT_NAMES = (
     "accepted_disconnect",
 )
 RUNWARE_URL = "https://api.runware.ai/v1"
+
+
+@dataclass(frozen=True)
+class EmulatorSettings:
+    """How the built-in emulator answers the protocol's open behaviours (`api.emulator`)."""
+
+    unknown_task: str = "empty"  # empty | taskFailedOrNotFound | taskNotFound | taskExpired
+    queued_polls: int = 0
+    repeated_task: str = "conflict"  # conflict | replay | charge
+    sync_pollable: bool = False
+    task_details: bool = True
+    credits_status: int = 402  # 402 | 400
+    price_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,18 @@ class ApiSettings:
     ledger: str | None = None
     faults: dict[str, float] = field(default_factory=dict)
     auto: bool = False  # the backend was chosen by api=auto (from whether a key is set)
+    first_poll_s: float = 1.0
+    latency_sigma: float = 0.0
+    emulator: EmulatorSettings = field(default_factory=EmulatorSettings)
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """Spending limits and the running price check (`budget`)."""
+
+    max_usd: float
+    price_tolerance: float = 0.1
+    price_check: str = "auto"  # auto | on | off
 
 
 @dataclass(frozen=True)
@@ -71,6 +97,8 @@ def _num(cfg: dict[str, Any], key: str, where: str, *, kind: type = float, low: 
 
 def _choice(cfg: dict[str, Any], key: str, where: str, allowed: tuple[str, ...]) -> str:
     value = cfg.get(key)
+    if isinstance(value, Enum):  # a typed config's choice, if not already converted to text
+        value = value.value
     if value not in allowed:
         raise ConfigError(f"{where}.{key} must be one of {', '.join(allowed)}, got {value!r}")
     return str(value)
@@ -127,6 +155,27 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
         ledger=str(cfg["ledger"]) if cfg.get("ledger") else None,
         faults={k: float(v) for k, v in faults.items() if v},  # zero rates: no such fault
         auto=auto,
+        first_poll_s=_num(cfg, "first_poll_s", "api") if "first_poll_s" in cfg else 1.0,
+        latency_sigma=_num(cfg, "latency_sigma", "api") if "latency_sigma" in cfg else 0.0,
+        emulator=emulator_settings(cfg.get("emulator") or {}),
+    )
+
+
+def emulator_settings(cfg: dict[str, Any]) -> EmulatorSettings:
+    """Check the `api.emulator` node (absent keys keep their defaults)."""
+    e, where = {**asdict(EmulatorSettings()), **cfg}, "api.emulator"
+    unknown = ("empty", "taskFailedOrNotFound", "taskNotFound", "taskExpired")
+    status = _num(e, "credits_status", where, kind=int)
+    if status not in (402, 400):
+        raise ConfigError(f"{where}.credits_status must be 402 or 400, got {status}")
+    return EmulatorSettings(
+        unknown_task=_choice(e, "unknown_task", where, unknown),
+        queued_polls=_num(e, "queued_polls", where, kind=int),
+        repeated_task=_choice(e, "repeated_task", where, ("conflict", "replay", "charge")),
+        sync_pollable=_bool(e, "sync_pollable", where),
+        task_details=_bool(e, "task_details", where),
+        credits_status=status,
+        price_factor=_num(e, "price_factor", where),
     )
 
 
@@ -172,6 +221,20 @@ def runner_settings(cfg: dict[str, Any]) -> RunnerSettings:
 def budget_usd(cfg: dict[str, Any]) -> float:
     """`budget.max_usd` as a float ≥ 0."""
     return float(_num(cfg.get("budget") or {}, "max_usd", "budget"))
+
+
+def budget_settings(cfg: dict[str, Any]) -> BudgetSettings:
+    """The `budget` node: `max_usd`, and the price check's tolerance and mode."""
+    node = cfg.get("budget") or {}
+    return BudgetSettings(
+        max_usd=budget_usd(cfg),
+        price_tolerance=_num(node, "price_tolerance", "budget")
+        if "price_tolerance" in node
+        else 0.1,
+        price_check=_choice(node, "price_check", "budget", ("auto", "on", "off"))
+        if "price_check" in node
+        else "auto",
+    )
 
 
 def shard_of(cfg: dict[str, Any]) -> tuple[int, int]:

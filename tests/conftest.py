@@ -33,7 +33,7 @@ def compose_config(name: str, overrides: list[str] | None = None) -> dict[str, A
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose(config_name=name, overrides=overrides or [])
-            data = OmegaConf.to_container(cfg, resolve=False)
+            data = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
     finally:
         GlobalHydra.instance().clear()
     assert isinstance(data, dict)
