@@ -24,6 +24,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from pipeline import yamlsafe
 from pipeline.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
@@ -378,8 +379,18 @@ def _typed_values(node: DictConfig) -> bool:
     return isinstance(value_type, type) and dataclasses.is_dataclass(value_type)
 
 
-def safe_name(name: Any) -> str:
-    """A sweep name that can name a run dir: refused before Hydra makes any folder with it."""
+def safe_name(sweep: Any) -> str:
+    """The sweep's name, checked so it can name a run dir (before Hydra makes any folder)."""
+    if isinstance(sweep, ListConfig | list):
+        raise ConfigError(
+            "the sweep file holds a list (its lines start with '- '); a sweep is a mapping "
+            "of keys (name, base, grid, …): remove the leading dashes"
+        )
+    if sweep is None:
+        raise ConfigError("no sweep selected: pass sweep=<name> or sweep=path/to/file.yaml")
+    if not isinstance(sweep, DictConfig | dict):
+        raise ConfigError(f"a sweep must be a mapping of keys, got {sweep!r}")
+    name = sweep.get("name")
     text = "" if name is None else str(name)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) or ".." in text:
         raise ConfigError(
@@ -429,3 +440,4 @@ def plain_lists(value: Any) -> Any:
 
 
 register()
+yamlsafe.install()

@@ -21,7 +21,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import config
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.resources import CONF_DIR
+from pipeline.resources import CONF_DIR as CONF_DIR  # re-exported for the entry points
+
 EXIT_FILE_ENV = "KREA_SWEEP_EXIT_FILE"  # where multirun jobs (in any process) leave their codes
 
 
@@ -118,6 +119,9 @@ def describe(exc: BaseException, command: str) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     cause = exc.__cause__ or exc.__context__
+    inner = _pipeline_cause(exc)
+    if inner is not None:
+        return str(inner)
     if isinstance(exc, yaml.YAMLError):
         return yaml_message(exc)
     if isinstance(cause, yaml.YAMLError):
@@ -127,8 +131,6 @@ def describe(exc: BaseException, command: str) -> str:
     if isinstance(exc, OSError):
         where = f" {exc.filename}" if exc.filename else ""
         return f"cannot write{where}: {exc.strerror or first}"
-    if isinstance(cause, PipelineError):
-        return str(cause)
     match = re.match(r"Could not (?:override|delete) '([^']+)'", first)
     if match:
         return config.unknown_key_message(match.group(1), schema)
@@ -144,11 +146,23 @@ def describe(exc: BaseException, command: str) -> str:
     return first
 
 
+def _pipeline_cause(exc: BaseException) -> PipelineError | None:
+    """Our own error inside a Hydra/OmegaConf one (e.g. raised by a resolver), if any."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, PipelineError):
+            return link
+        link = link.__cause__ or link.__context__
+    return None
+
+
 def yaml_message(exc: yaml.YAMLError) -> str:
     """A YAML error as `file:line:column: what is wrong`."""
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
-        what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        what = ": ".join(str(p) for p in (exc.context, exc.problem) if p)
         if mark is not None:
             return f"{mark.name}:{mark.line + 1}:{mark.column + 1}: {what}"
         return what
@@ -165,5 +179,7 @@ def missing_config_message(exc: MissingConfigException) -> str:
     near = difflib.get_close_matches(name, options, n=len(options), cutoff=0.0)
     what = "sweep" if group == "sweep" else f"{group} option"
     hint = f" (did you mean {near[0]!r}?)" if difflib.get_close_matches(name, options, n=1) else ""
-    extra = " — or pass a sweep file by its path: sweep=path/to/file.yaml" if what == "sweep" else ""
+    extra = ""
+    if what == "sweep":
+        extra = " — or pass a sweep file by its path: sweep=path/to/file.yaml"
     return f"unknown {what} {name!r}{hint}; known: {', '.join(near)}{extra}"
