@@ -358,7 +358,7 @@ def _check_ranges(node: DictConfig, kind: type, prefix: str) -> None:
                 allowed = " or ".join(str(c) for c in choices)
                 raise ConfigError(f"{prefix}{f.name} must be {allowed}, got {_show(value)}")
             continue
-        low, high = bounds
+        low, high = bounds or (0, 0)
         if not (isinstance(value, int | float) and low <= value <= high):
             raise ConfigError(
                 f"{prefix}{f.name} must be between {_show(low)} and {_show(high)}, "
