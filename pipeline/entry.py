@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -56,7 +57,7 @@ def job_context() -> JobContext:
             if source.schema == "file":
                 candidate = Path(source.path) / "sweep" / f"{sweep_choice}.yaml"
                 if candidate.is_file():
-                    sweep_dir = candidate.parent
+                    sweep_dir = candidate.resolve().parent  # a sweep given by path: its folder
                     break
     return JobContext(
         run_dir=Path(hc.runtime.output_dir),
@@ -99,6 +100,8 @@ def console(hydra_main: Callable[[], None], command: str) -> None:
     fd, path = tempfile.mkstemp(prefix="krea-sweep-exit-")
     os.close(fd)
     os.environ[EXIT_FILE_ENV] = path  # launchers' worker processes inherit it
+    links = tempfile.mkdtemp(prefix="krea-sweep-files-")
+    sys.argv[1:] = sweep_file_overrides(sys.argv[1:], Path(links))
     try:
         hydra_main()
         codes = [int(line) for line in Path(path).read_text().split()]
@@ -109,8 +112,39 @@ def console(hydra_main: Callable[[], None], command: str) -> None:
         sys.exit(1)
     finally:
         os.unlink(path)
+        shutil.rmtree(links, ignore_errors=True)
     if codes:
         sys.exit(max(codes))
+
+
+def sweep_file_overrides(args: list[str], links: Path) -> list[str]:
+    """Turn `sweep=path/to/file.yaml` into a choice Hydra can find.
+
+    The file is linked as `<links>/sweep/file/<stem>.yaml` and `<links>` is added to Hydra's
+    search path, so the sweep composes like one in conf/sweep/ (its keys can be overridden)
+    and its relative reference images and value files resolve against its own folder.
+    """
+    out: list[str] = []
+    added = False
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        is_path = value.endswith((".yaml", ".yml")) or os.sep in value
+        if key != "sweep" or not eq or not is_path or "," in value:
+            out.append(arg)
+            continue
+        source = Path(value).expanduser().resolve()
+        if not source.is_file():
+            raise ConfigError(f"sweep={value}: no such sweep file")
+        stem = re.sub(r"[^A-Za-z0-9_-]", "_", source.stem) or "sweep"
+        link = links / "sweep" / "file" / f"{stem}.yaml"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(source)
+        out.append(f"sweep=file/{stem}")
+        added = True
+    if added:
+        out.append(f"hydra.searchpath=[file://{links}]")
+    return out
 
 
 def describe(exc: BaseException, command: str) -> str:
