@@ -687,8 +687,8 @@ def reproduce_job(cfg: dict[str, Any], ctx: JobContext) -> int:
     source = Source(selection.name or "reproduce", selection.axis_names)
     # A reproduction is never served a stored image, but it shares the store's submit intents,
     # so a killed reproduction that is run again recovers its tasks instead of paying twice.
-    store_root = Path(str((cfg.get("store") or {}).get("dir") or "outputs/.store"))
-    store = Store(store_root / api.backend, serve=False)
+    where = settings.store_location(cfg)
+    store = Store(where.root / api.backend, serve=False)
     plan = make_plan(
         lambda: cells,
         price_table=price_table,
@@ -698,7 +698,7 @@ def reproduce_job(cfg: dict[str, Any], ctx: JobContext) -> int:
         out_dir=ctx.run_dir,
         backend=api.backend,
     )
-    stop = gate(plan, api, dry_run=dry_run, confirm=bool(cfg.get("confirm", True)))
+    stop = gate(plan, api, dry_run=dry_run, confirm=cfg.get("confirm") is not False, store=where)
     if stop is not None:
         return stop
     code = execute(

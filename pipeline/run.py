@@ -48,8 +48,8 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
     sweep = load(cfg, ctx)
     # One store (and one set of submit intents) per backend: an emulator image is never served to,
     # and an emulator run never touches the intents of, a run on the real API.
-    store_root = Path(str((cfg.get("store") or {}).get("dir") or "outputs/.store"))
-    store = Store(store_root / api.backend)
+    where = settings.store_location(cfg)
+    store = Store(where.root / api.backend)
     price_table = cfg.get("pricing") or {}
 
     def cells() -> Iterable[Cell]:
@@ -65,7 +65,7 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
         out_dir=ctx.run_dir,
         backend=api.backend,
     )
-    stop = gate(plan, api, dry_run=dry_run, confirm=bool(cfg.get("confirm", True)))
+    stop = gate(plan, api, dry_run=dry_run, confirm=cfg.get("confirm") is not False, store=where)
     if stop is not None:
         return stop
     return execute(
@@ -82,9 +82,18 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
     )
 
 
-def gate(plan: Plan, api: settings.ApiSettings, *, dry_run: bool, confirm: bool) -> int | None:
+def gate(
+    plan: Plan,
+    api: settings.ApiSettings,
+    *,
+    dry_run: bool,
+    confirm: bool,
+    store: settings.StoreLocation | None = None,
+) -> int | None:
     """Print the plan and apply its gates (budget, dry run, confirmation); a code means stop."""
     print(format_plan(plan), flush=True)
+    if store is not None:
+        print(f"  store: {store.root}  ({store.why})", flush=True)
     check_budget(plan)
     if dry_run:
         print("dry run: stopped after the plan; nothing was sent.", flush=True)

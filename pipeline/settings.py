@@ -247,6 +247,38 @@ def shard_of(cfg: dict[str, Any]) -> tuple[int, int]:
     return index, count
 
 
+STORE_ENV = "KREA_SWEEP_STORE"  # environment variable naming the store folder
+OLD_STORE = Path("outputs") / ".store"  # the store's default before 0.2, relative to the cwd
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """Which store folder a command uses, and why (printed with the plan)."""
+
+    root: Path
+    why: str
+
+
+def store_location(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> StoreLocation:
+    """The store folder: `store.dir`, else $KREA_SWEEP_STORE, else an existing ./outputs/.store,
+    else the user's data dir — so the same sweep run from another folder is never paid again."""
+    env = dict(os.environ) if environ is None else environ
+    configured = (cfg.get("store") or {}).get("dir")
+    if configured:
+        return StoreLocation(Path(str(configured)).expanduser(), "store.dir")
+    if env.get(STORE_ENV):
+        return StoreLocation(Path(env[STORE_ENV]).expanduser(), STORE_ENV)
+    if OLD_STORE.is_dir():
+        return StoreLocation(
+            OLD_STORE, "found at the old default; used so nothing paid for is forgotten"
+        )
+    import platformdirs
+
+    return StoreLocation(
+        Path(platformdirs.user_data_dir("krea-sweep", appauthor=False)) / "store", "user data dir"
+    )
+
+
 def is_loopback(url: str) -> bool:
     """Whether a URL points at this machine (127.0.0.0/8, ::1 or localhost)."""
     host = urlparse(url).hostname or ""

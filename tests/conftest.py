@@ -21,8 +21,14 @@ SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test runs in its own empty folder, with no Runware key in the environment."""
+    """Every test runs in its own empty folder, with no Runware key in the environment.
+
+    The user data dir (the store's default home) points into the test's folder too, so no test
+    ever reads or writes the real user's store.
+    """
     monkeypatch.delenv("RUNWARE_API_KEY", raising=False)
+    monkeypatch.delenv("KREA_SWEEP_STORE", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
