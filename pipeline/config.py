@@ -367,10 +367,8 @@ def _check_ranges(node: DictConfig, kind: type, prefix: str) -> None:
 
 
 def _show(value: Any) -> str:
-    """A number as a person writes it (1e10 stays short; 86400 stays whole)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return str(value)
+    """A number as a person writes it (1e+10 stays short; 86400 stays whole)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _typed_values(node: DictConfig) -> bool:

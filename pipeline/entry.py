@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -160,6 +160,8 @@ def describe(exc: BaseException, command: str) -> str:
         return yaml_message(exc)
     if isinstance(cause, yaml.YAMLError):
         return yaml_message(cause)
+    if isinstance(exc, OverrideParseException):
+        return f"cannot read the override {exc.override!r}: {first}"
     if isinstance(exc, MissingConfigException):  # an OSError too
         return missing_config_message(exc)
     if isinstance(exc, OSError):
@@ -175,8 +177,9 @@ def describe(exc: BaseException, command: str) -> str:
     if match and cause is not None:
         reason = str(cause).strip().splitlines()[0]
         return f"{match.group(1)}: {reason}"
-    if cause is not None and str(cause).strip():
-        return f"{first} ({str(cause).strip().splitlines()[0]})"
+    because = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+    if because and because != first:
+        return f"{first} ({because})"
     return first
 
 
