@@ -1,0 +1,91 @@
+"""The store follows the user: the same sweep from another folder is never paid again."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import cli_env, run_cli
+from runs import ledger
+
+from pipeline.settings import OLD_STORE, STORE_ENV, store_location
+
+THREE_CELLS = """\
+name: three
+base:
+  model: krea:krea@2-large
+  positivePrompt: a lighthouse on a cliff
+  width: 1024
+  height: 1024
+seeds: [1, 2, 3]
+"""
+
+
+def _run_in(folder: Path, sweep: Path, url: str, *extra: str) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = run_cli(
+        "run",
+        f"sweep={sweep}",
+        "api=emulator",
+        f"api.base_url={url}",
+        "runner.progress=none",
+        *extra,
+        cwd=folder,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_same_sweep_from_two_folders_pays_once(
+    isolated: Path, standalone_emulator: Callable[..., tuple[str, Path]]
+) -> None:
+    url, billed = standalone_emulator()
+    sweep = isolated / "three.yaml"
+    sweep.write_text(THREE_CELLS)
+    first = _run_in(isolated / "one", sweep, url)
+    home = Path(os.environ["XDG_DATA_HOME"]) / "krea-sweep" / "store"
+    assert f"  store: {home}  (user data dir)" in first
+    second = _run_in(isolated / "two" / "deeper", sweep, url)
+    assert "cached                  3" in second and "cost     $0.00 billed" in second
+    assert len(ledger(billed)) == 3  # one ledger line per image, whatever the folder
+    assert not (isolated / "one" / "outputs" / ".store").exists()
+
+
+def test_an_old_store_in_the_folder_is_used_and_announced(
+    isolated: Path, standalone_emulator: Callable[..., tuple[str, Path]]
+) -> None:
+    url, billed = standalone_emulator()
+    sweep = isolated / "three.yaml"
+    sweep.write_text(THREE_CELLS)
+    work = isolated / "work"
+    # A run of an older version: its store is ./outputs/.store.
+    _run_in(work, sweep, url, f"store.dir={work / OLD_STORE}")
+    again = _run_in(work, sweep, url)
+    assert (
+        "  store: outputs/.store  (found at the old default; used so nothing paid for is" in again
+    )
+    assert "cached                  3" in again
+    assert len(ledger(billed)) == 3
+
+
+def test_store_dir_and_the_environment_override_the_default(isolated: Path) -> None:
+    env = {STORE_ENV: str(isolated / "from-env")}
+    assert store_location({"store": {"dir": "mine"}}, env).root == Path("mine")
+    assert store_location({"store": {"dir": None}}, env).root == isolated / "from-env"
+    assert store_location({}, env).why == STORE_ENV
+    (isolated / OLD_STORE).mkdir(parents=True)
+    assert store_location({}, {}).root == OLD_STORE
+    assert store_location({}, env).root == isolated / "from-env"  # the variable wins over it
+
+
+def test_the_environment_variable_reaches_a_run(isolated: Path) -> None:
+    proc = run_cli(
+        "run", "dry_run=true", cwd=isolated, env=cli_env(**{STORE_ENV: str(isolated / "s")})
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"  store: {isolated / 's'}  ({STORE_ENV})" in proc.stdout
+
+
+def test_no_test_touches_the_real_user_store(isolated: Path) -> None:
+    assert store_location({}).root == isolated / "xdg-data" / "krea-sweep" / "store"
