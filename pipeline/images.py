@@ -10,6 +10,12 @@ A recipe is compact JSON (`cell_id`, `request` as sent without the key, `seed`, 
           (VP8/VP8L) file is first turned into the extended (VP8X) layout. If the file already
           has a foreign XMP chunk, the packet goes in a private `KSWP` chunk instead.
 
+Beside it, a short human-readable recipe (prompt, then `Seed: …, Size: …, Model: …`) goes into
+the standard fields image browsers show: XMP `dc:description` (PNG iTXt `XML:com.adobe.xmp`,
+JPEG APP1, WEBP's XMP packet) and, for PNG, an iTXt `parameters` text in the style of Stable
+Diffusion web UIs. Each is marked as krea-sweep's own (`Tool: krea-sweep`, the `krea` XMP
+namespace) so `strip_recipe` removes only what was added.
+
 Only container bytes change: the compressed pixel data is copied as is, and `strip_recipe`
 removes exactly what `embed_recipe` added, so `strip_recipe(embed_recipe(x)) == x` byte for byte.
 The manifest's `image_sha256` is the hash of the bytes as the API delivered them, which is
@@ -43,6 +49,12 @@ _JPEG_MAX_PAYLOAD = 65533
 _JPEG_CHUNK = _JPEG_MAX_PAYLOAD - len(_JPEG_PREFIX)
 _WEBP_PRIVATE = b"KSWP"
 _XMP_NS = "https://github.com/krea-sweep/ns/1.0/"
+_DC_NS = "http://purl.org/dc/elements/1.1/"
+_OUR_XMP = f'xmlns:krea="{_XMP_NS}"'.encode()  # marks an XMP packet as krea-sweep's own
+_OUR_PARAMS = f"Tool: {TOOL}".encode()  # marks a PNG `parameters` text as krea-sweep's own
+_PNG_XMP_KEY = b"XML:com.adobe.xmp"
+_PNG_PARAMS_KEY = b"parameters"
+_JPEG_XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 _XMP_RE = re.compile(
     rb'<krea:recipe( krea:converted="(?P<conv>[01])")?>(?P<body>.*?)</krea:recipe>', re.S
 )
@@ -68,11 +80,30 @@ def normalize_ext(ext: str) -> str:
     return "jpg" if e == "jpeg" else e
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the system tells it (Linux)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: read it by setting it (once, at import)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file: the user's umask honoured
+
+
 def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write `data` to `path` via a temp file in the same dir and os.replace (all or nothing)."""
+    """Write `data` to `path` via a temp file in the same dir and os.replace (all or nothing).
+
+    The file gets the mode a plain `open()` would give it (0666 less the umask), not the temp
+    file's private 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             if fsync:
@@ -121,12 +152,56 @@ def embed_recipe(data: bytes, ext: str, recipe: Mapping[str, Any]) -> bytes:
         raise ValueError("a recipe must not contain the API key")
     payload = {"tool": TOOL, **recipe}
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    summary = describe(payload)
     base = strip_recipe(data)
     if fmt == "png":
-        return _png_embed(base, text.encode("utf-8"))
+        return _png_embed(base, text.encode("utf-8"), summary)
     if fmt == "jpg":
-        return _jpeg_embed(base, text.encode("utf-8"))
-    return _webp_embed(base, text)
+        return _jpeg_embed(base, text.encode("utf-8"), summary)
+    return _webp_embed(base, text, summary)
+
+
+def describe(recipe: Mapping[str, Any]) -> str:
+    """The short human-readable recipe: the prompt, then one line of `Key: value` settings."""
+    request = recipe.get("request") or {}
+    prompt = str(request.get("positivePrompt") or "")
+    parts = []
+    if recipe.get("seed") is not None:
+        parts.append(f"Seed: {recipe['seed']}")
+    if request.get("width") and request.get("height"):
+        parts.append(f"Size: {request['width']}x{request['height']}")
+    if request.get("model"):
+        parts.append(f"Model: {request['model']}")
+    creativity = (request.get("settings") or {}).get("creativity")
+    if creativity:
+        parts.append(f"Creativity: {creativity}")
+    refs = (request.get("inputs") or {}).get("referenceImages") or []
+    strengths = [str(r.get("strength")) for r in refs if isinstance(r, dict) and "strength" in r]
+    if strengths:
+        parts.append(f"Reference strengths: {' '.join(strengths)}")
+    if recipe.get("cell_id"):
+        parts.append(f"Cell: {recipe['cell_id']}")
+    parts.append(f"Tool: {TOOL}")
+    return f"{prompt}\n{', '.join(parts)}"
+
+
+def _xmp_description(summary: str) -> str:
+    """An rdf:Description body part holding `summary` as dc:description."""
+    return (
+        '<dc:description><rdf:Alt><rdf:li xml:lang="x-default">'
+        f"{escape(summary)}</rdf:li></rdf:Alt></dc:description>"
+    )
+
+
+def _xmp_wrap(body: str) -> bytes:
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description rdf:about="" xmlns:dc="{_DC_NS}" xmlns:krea="{_XMP_NS}">'
+        f"{body}</rdf:Description></rdf:RDF></x:xmpmeta>"
+        '<?xpacket end="w"?>'
+    ).encode()
 
 
 def read_recipe(source: bytes | str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -197,15 +272,33 @@ def _png_is_ours(data: bytes, start: int, end: int) -> bool:
     return data[start + 4 : start + 8] == b"iTXt" and data[start + 8 :].startswith(KEYWORD + b"\0")
 
 
-def _png_embed(data: bytes, text: bytes) -> bytes:
+def _png_is_our_extra(data: bytes, start: int, end: int) -> bool:
+    """Our `parameters` or XMP iTXt chunk (the human-readable recipe)."""
+    if data[start + 4 : start + 8] != b"iTXt":
+        return False
+    body = data[start + 8 : end - 4]
+    if body.startswith(_PNG_PARAMS_KEY + b"\0"):
+        return body.endswith(_OUR_PARAMS)
+    return body.startswith(_PNG_XMP_KEY + b"\0") and _OUR_XMP in body
+
+
+def _png_itxt(keyword: bytes, text: bytes) -> bytes:
+    body = keyword + b"\0\0\0\0\0" + text  # keyword, no compression, method 0, no lang/transl.
+    chunk = struct.pack(">I", len(body)) + b"iTXt" + body
+    return chunk + struct.pack(">I", zlib.crc32(b"iTXt" + body) & 0xFFFFFFFF)
+
+
+def _png_embed(data: bytes, text: bytes, summary: str) -> bytes:
     chunks = _png_chunks(data)
     if not chunks or chunks[0][0] != b"IHDR":
         raise ValueError("PNG without IHDR")
-    body = KEYWORD + b"\0\0\0\0\0" + text  # keyword, no compression, method 0, no lang/transl.
-    chunk = struct.pack(">I", len(body)) + b"iTXt" + body
-    chunk += struct.pack(">I", zlib.crc32(b"iTXt" + body) & 0xFFFFFFFF)
+    added = (
+        _png_itxt(KEYWORD, text)
+        + _png_itxt(_PNG_PARAMS_KEY, summary.encode("utf-8"))
+        + _png_itxt(_PNG_XMP_KEY, _xmp_wrap(_xmp_description(summary)))
+    )
     ihdr_end = chunks[0][2]
-    return data[:ihdr_end] + chunk + data[ihdr_end:]
+    return data[:ihdr_end] + added + data[ihdr_end:]
 
 
 def _png_find(data: bytes) -> bytes | None:
@@ -226,7 +319,10 @@ def _png_strip(data: bytes) -> bytes:
     parts = [data[: len(_PNG_SIG)]]
     chunks = _png_chunks(data)
     for ctype, start, end in chunks:
-        if not (ctype == b"iTXt" and _png_is_ours(data, start, end)):
+        ours = ctype == b"iTXt" and (
+            _png_is_ours(data, start, end) or _png_is_our_extra(data, start, end)
+        )
+        if not ours:
             parts.append(data[start:end])
     tail = chunks[-1][2] if chunks else len(_PNG_SIG)
     parts.append(data[tail:])
@@ -258,11 +354,16 @@ def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
     return out
 
 
-def _jpeg_is_ours(data: bytes, marker: int, start: int) -> bool:
-    return marker == 0xFE and data[start + 4 :].startswith(_JPEG_PREFIX)
+def _jpeg_is_ours(data: bytes, marker: int, start: int, end: int | None = None) -> bool:
+    if marker == 0xFE:
+        return data[start + 4 :].startswith(_JPEG_PREFIX)
+    if marker == 0xE1 and end is not None:  # our XMP packet (the human-readable recipe)
+        body = data[start + 4 : end]
+        return body.startswith(_JPEG_XMP_HEADER) and _OUR_XMP in body
+    return False
 
 
-def _jpeg_embed(data: bytes, text: bytes) -> bytes:
+def _jpeg_embed(data: bytes, text: bytes, summary: str) -> bytes:
     insert_at = 2
     for marker, _start, end in _jpeg_segments(data):
         if 0xE0 <= marker <= 0xEF:
@@ -273,6 +374,9 @@ def _jpeg_embed(data: bytes, text: bytes) -> bytes:
     for i in range(0, max(len(text), 1), _JPEG_CHUNK):
         payload = _JPEG_PREFIX + text[i : i + _JPEG_CHUNK]
         segs.append(b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload)
+    xmp = _JPEG_XMP_HEADER + _xmp_wrap(_xmp_description(summary[:20000]))
+    if len(xmp) + 2 <= 0xFFFF:
+        segs.insert(0, b"\xff\xe1" + struct.pack(">H", len(xmp) + 2) + xmp)
     return data[:insert_at] + b"".join(segs) + data[insert_at:]
 
 
@@ -287,7 +391,7 @@ def _jpeg_find(data: bytes) -> bytes | None:
 
 def _jpeg_strip(data: bytes) -> bytes:
     segs = _jpeg_segments(data)
-    ours = [(start, end) for marker, start, end in segs if _jpeg_is_ours(data, marker, start)]
+    ours = [(start, end) for marker, start, end in segs if _jpeg_is_ours(data, marker, start, end)]
     if not ours:
         return data
     parts, pos = [], 0
@@ -337,23 +441,18 @@ def _webp_size(fourcc: bytes, payload: bytes) -> tuple[int, int, bool]:
     return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, bool((bits >> 28) & 1)
 
 
-def _xmp_packet(text: str, converted: bool) -> bytes:
-    return (
-        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
-        '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
-        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-        f'<rdf:Description rdf:about="" xmlns:krea="{_XMP_NS}">'
-        f'<krea:recipe krea:converted="{int(converted)}">{escape(text)}</krea:recipe>'
-        "</rdf:Description></rdf:RDF></x:xmpmeta>"
-        '<?xpacket end="w"?>'
-    ).encode()
+def _xmp_packet(text: str, converted: bool, summary: str) -> bytes:
+    return _xmp_wrap(
+        _xmp_description(summary)
+        + f'<krea:recipe krea:converted="{int(converted)}">{escape(text)}</krea:recipe>'
+    )
 
 
 def _xmp_match(payload: bytes) -> re.Match[bytes] | None:
     return _XMP_RE.search(payload) if b"<krea:recipe" in payload else None
 
 
-def _webp_embed(data: bytes, text: str) -> bytes:
+def _webp_embed(data: bytes, text: str, summary: str) -> bytes:
     chunks = _webp_chunks(data)
     if not chunks:
         raise ValueError("empty WEBP")
@@ -367,7 +466,7 @@ def _webp_embed(data: bytes, text: str) -> bytes:
             bytes([flags, 0, 0, 0]) + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")
         )
         chunks.insert(0, (b"VP8X", vp8x))
-    packet = _xmp_packet(text, converted)
+    packet = _xmp_packet(text, converted, summary)
     flags = chunks[0][1][0]
     if any(fourcc == b"XMP " for fourcc, _ in chunks):
         new = (_WEBP_PRIVATE, packet)  # keep the foreign XMP untouched

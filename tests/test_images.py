@@ -183,3 +183,77 @@ def test_write_atomic_leaves_no_temp(tmp_path: Path) -> None:
     images.write_atomic(target, b"two", fsync=False)
     assert target.read_bytes() == b"two"
     assert sorted(p.name for p in target.parent.iterdir()) == ["x.bin"]
+
+
+# --- the human-readable recipe in standard fields, and file modes -------------------------------
+
+
+def _xmp_of(im: Image.Image) -> str:
+    raw = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp") or b""
+    return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+
+
+@pytest.mark.parametrize(("case_id", "mode", "fmt", "opts"), CASES, ids=[c[0] for c in CASES])
+def test_human_readable_recipe_is_in_xmp_dc_description(
+    case_id: str, mode: str, fmt: str, opts: dict[str, Any]
+) -> None:
+    original = _encode(mode, fmt, **opts)
+    recipe = {
+        "cell_id": "0123456789abcdef0123",
+        "seed": 42,
+        "result_index": 0,
+        "request": {**_recipe("a fox & a <hound>")["request"], "seed": 42},
+    }
+    out = images.embed_recipe(original, EXT[fmt], recipe)
+    with Image.open(io.BytesIO(out)) as im:  # what an image browser's reader sees
+        xmp = _xmp_of(im)
+    assert '<dc:description><rdf:Alt><rdf:li xml:lang="x-default">' in xmp, case_id
+    assert (
+        "a fox &amp; a &lt;hound&gt;\nSeed: 42, Size: 1024x1024, Model: krea:krea@2-large, "
+        "Creativity: medium, Cell: 0123456789abcdef0123, Tool: krea-sweep" in xmp
+    )
+    assert images.strip_recipe(out) == original  # the exact bytes come back
+
+
+def test_png_carries_a_parameters_text_like_image_browsers_read() -> None:
+    original = _encode("RGB", "PNG")
+    recipe = _recipe("a lighthouse, film grain")
+    out = images.embed_recipe(original, "png", {**recipe, "seed": 7})
+    with Image.open(io.BytesIO(out)) as im:
+        params = im.info["parameters"]
+    first, second = params.split("\n")
+    assert first == "a lighthouse, film grain"
+    assert second.startswith("Seed: 7, Size: 1024x1024, Model: krea:krea@2-large")
+    assert second.endswith("Tool: krea-sweep")
+
+
+def test_a_foreign_parameters_text_and_xmp_are_kept() -> None:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("parameters", "someone else's recipe")
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta>theirs</x:xmpmeta>")
+    buf = io.BytesIO()
+    _pattern("RGB").save(buf, "PNG", pnginfo=info)
+    original = buf.getvalue()
+    out = images.embed_recipe(original, "png", _recipe())
+    assert images.strip_recipe(out) == original
+    assert images.read_recipe(out)["request"]["positivePrompt"] == "a lighthouse on a cliff at dusk"
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_written_files_honour_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    script = (
+        "import os, sys; from pathlib import Path; os.umask(int(sys.argv[1], 8));"
+        "from pipeline.images import write_atomic; write_atomic(Path(sys.argv[2]), b'x')"
+    )
+    target = tmp_path / "out" / "f.bin"
+    subprocess.run(
+        [sys.executable, "-c", script, oct(umask)[2:], str(target)], check=True, env=cli_env()
+    )
+    assert target.stat().st_mode & 0o777 == mode
