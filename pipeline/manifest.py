@@ -28,11 +28,20 @@ import pandas as pd
 
 from pipeline import images, journal
 
+TIMESTAMP = "datetime64[ms, UTC]"  # submitted_at / finished_at: UTC, millisecond precision
+# Low-cardinality text is categorical; where the values are known, every frame has the same
+# categories (so shards and runs concatenate as categoricals too).
+KNOWN_CATEGORIES: dict[str, list[str]] = {
+    "status": ["ok", "cached", "failed"],
+    "backend": ["emulator", "runware"],
+}
+CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet would run such a cell
+
 COLUMNS: dict[str, str] = {
     "cell_id": "string",
     "cell_index": "Int64",
     "result_index": "Int64",
-    "status": "string",
+    "status": "category",
     "seed": "Int64",
     "positivePrompt": "string",
     "width": "Int64",
@@ -49,12 +58,12 @@ COLUMNS: dict[str, str] = {
     "original_cost_usd": "Float64",
     "attempts": "Int64",
     "latency_s": "Float64",
-    "error_code": "string",
+    "error_code": "category",
     "error_message": "string",
-    "submitted_at": "string",
-    "finished_at": "string",
-    "backend": "string",
-    "model": "string",
+    "submitted_at": TIMESTAMP,
+    "finished_at": TIMESTAMP,
+    "backend": "category",
+    "model": "category",
     "nsfw": "boolean",
     "request_json": "string",
 }
@@ -354,11 +363,26 @@ def build(rows: Iterable[Mapping[str, Any]], axis_names: Sequence[str]) -> pd.Da
         dtype = COLUMNS.get(name)
         if dtype is None:
             dtype, values = _infer_axis(values)
-        data[name] = pd.array(values, dtype=cast(Any, dtype))
+        data[name] = _typed(name, values, dtype)
     df = pd.DataFrame(data, columns=names)
     if len(df):
         df = df.sort_values(["cell_index", "result_index"], kind="stable", na_position="last")
     return df.reset_index(drop=True)
+
+
+def _typed(name: str, values: list[Any], dtype: str) -> Any:
+    """Values as a pandas array of the contract's dtype (timestamps parsed, text categorised)."""
+    if dtype == TIMESTAMP:
+        text = pd.Series([None if _missing(v) else v for v in values], dtype=object)
+        parsed = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
+        return parsed.astype(cast(Any, TIMESTAMP)).array
+    if dtype == "category":
+        present = sorted({str(v) for v in values if not _missing(v)})
+        known = KNOWN_CATEGORIES.get(name, [])
+        categories = [*known, *(v for v in present if v not in known)]
+        cat = pd.CategoricalDtype(categories, ordered=False)
+        return pd.Categorical([None if _missing(v) else str(v) for v in values], dtype=cat)
+    return pd.array(values, dtype=cast(Any, dtype))
 
 
 def _missing(v: Any) -> bool:
@@ -386,8 +410,41 @@ def write(df: pd.DataFrame, run_dir: Path) -> tuple[Path, Path]:
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     images.write_atomic(parquet, buf.getvalue())
-    images.write_atomic(csv, df.to_csv(index=False).encode("utf-8"))
+    images.write_atomic(csv, csv_frame(df).to_csv(index=False).encode("utf-8"))
     return parquet, csv
+
+
+def csv_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The manifest as the CSV shows it: ISO 8601 times, and no cell a spreadsheet would run.
+
+    A text cell beginning with `=`, `+`, `-`, `@` (or tab / CR) is written with a leading `'`,
+    as are cells that already begin with `'` (so reading the CSV back is exact). The parquet
+    keeps the exact text.
+    """
+    out = df.copy()
+    for name in out.columns:
+        col = out[name]
+        if isinstance(col.dtype, pd.DatetimeTZDtype):
+            text = col.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z"
+            out[name] = text.astype("string")
+        elif isinstance(col.dtype, pd.CategoricalDtype | pd.StringDtype) or col.dtype == object:
+            out[name] = col.astype("string").map(_csv_escape, na_action="ignore").astype("string")
+    return out
+
+
+def _csv_escape(value: Any) -> Any:
+    text = str(value)
+    return "'" + text if text.startswith((*CSV_FORMULA_START, "'")) else text
+
+
+def _csv_unescape(value: str | None) -> str | None:
+    if (
+        value is not None
+        and value.startswith("'")
+        and value[1:].startswith((*CSV_FORMULA_START, "'"))
+    ):
+        return value[1:]
+    return value
 
 
 def read(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -400,7 +457,7 @@ def read(path: str | os.PathLike[str]) -> pd.DataFrame:
     df = pd.read_parquet(p)
     for name, dtype in COLUMNS.items():
         if name in df.columns and str(df[name].dtype) != dtype:
-            df[name] = df[name].astype(cast(Any, dtype))
+            df[name] = _typed(name, df[name].tolist(), dtype)
     return df
 
 
@@ -408,8 +465,13 @@ def _read_csv(path: Path) -> pd.DataFrame:
     raw = pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[""])
     data: dict[str, Any] = {}
     for name in raw.columns:
-        values = [None if _missing(v) else v for v in raw[name].tolist()]
-        data[name] = _from_text(values, COLUMNS.get(name))
+        values = [None if _missing(v) else _csv_unescape(v) for v in raw[name].tolist()]
+        dtype = COLUMNS.get(name)
+        data[name] = (
+            _typed(name, values, dtype)
+            if dtype in (TIMESTAMP, "category")
+            else _from_text(values, dtype)
+        )
     return pd.DataFrame(data, columns=list(raw.columns))
 
 

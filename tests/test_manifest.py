@@ -21,7 +21,7 @@ EXPECTED_COLUMNS = [
     ("cell_id", "string"),
     ("cell_index", "Int64"),
     ("result_index", "Int64"),
-    ("status", "string"),
+    ("status", "category"),
     ("seed", "Int64"),
     ("positivePrompt", "string"),
     ("width", "Int64"),
@@ -38,12 +38,12 @@ EXPECTED_COLUMNS = [
     ("original_cost_usd", "Float64"),
     ("attempts", "Int64"),
     ("latency_s", "Float64"),
-    ("error_code", "string"),
+    ("error_code", "category"),
     ("error_message", "string"),
-    ("submitted_at", "string"),
-    ("finished_at", "string"),
-    ("backend", "string"),
-    ("model", "string"),
+    ("submitted_at", "datetime64[ms, UTC]"),
+    ("finished_at", "datetime64[ms, UTC]"),
+    ("backend", "category"),
+    ("model", "category"),
     ("nsfw", "boolean"),
     ("request_json", "string"),
 ]
@@ -338,3 +338,96 @@ def test_failed_row_from_exception() -> None:
     assert row["finished_at"].endswith("Z")
     df = manifest.build([row], AXIS_NAMES)
     assert df["status"][0] == "failed"
+
+
+# --- analysis-ready dtypes, CSV formula escaping, readers without casts, file modes ------------
+
+FORMULAS = ['=HYPERLINK("http://x","y")', "+1+2", "-2+3", "@SUM(A1)", "'quoted", "plain"]
+
+
+def _formula_rows() -> list[dict[str, Any]]:
+    return [
+        _row(i, 0, positivePrompt=text, error_message=text, **{"vars.style": text})
+        for i, text in enumerate(FORMULAS)
+    ]
+
+
+def test_csv_escapes_cells_a_spreadsheet_would_run(tmp_path: Path) -> None:
+    df = manifest.build(_formula_rows(), ["vars.style"])
+    parquet, csv = manifest.write(df, tmp_path)
+    raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    expected = ["'" + t if t[0] in "=+-@'" else t for t in FORMULAS]
+    for column in ("positivePrompt", "error_message", "vars.style"):
+        assert list(raw[column]) == expected, column
+    assert list(pd.read_parquet(parquet)["positivePrompt"]) == FORMULAS  # exact text
+    assert list(manifest.read(csv)["positivePrompt"]) == FORMULAS  # read back exactly
+
+
+def test_times_are_utc_timestamps_and_low_cardinality_text_is_categorical(tmp_path: Path) -> None:
+    df = manifest.build(_full_rows(), ["vars.style"])
+    manifest.write(df, tmp_path)
+    for frame in (
+        df,
+        manifest.read(tmp_path / "manifest.parquet"),
+        manifest.read(tmp_path / "manifest.csv"),
+    ):
+        assert frame["submitted_at"][0] == pd.Timestamp("2025-01-01T00:00:00.000Z")
+        assert frame["finished_at"][0] - frame["submitted_at"][0] == pd.Timedelta("1.25s")
+        assert list(frame["status"].cat.categories) == ["ok", "cached", "failed"]
+        assert list(frame["backend"].cat.categories) == ["emulator", "runware"]
+    assert "2025-01-01T00:00:01.250Z" in (tmp_path / "manifest.csv").read_text()
+
+
+def test_duckdb_reads_the_manifest_without_casts(tmp_path: Path) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    manifest.write(manifest.build(_full_rows(), ["vars.style"]), tmp_path)
+    path = str(tmp_path / "manifest.parquet")
+    con = duckdb.connect()
+    types = dict(
+        con.execute(
+            f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM '{path}')"
+        ).fetchall()
+    )
+    assert types["submitted_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert types["seed"] == "BIGINT" and types["cost_usd"] == "DOUBLE"
+    rows = con.execute(
+        f"SELECT status, count(*) FROM '{path}' "
+        "WHERE finished_at >= TIMESTAMPTZ '2025-01-01 00:00:01+00' AND status = 'ok' "
+        "GROUP BY status"
+    ).fetchall()
+    assert rows == [("ok", 1)]
+
+
+def test_polars_reads_the_manifest_without_casts(tmp_path: Path) -> None:
+    pl = pytest.importorskip("polars")
+    manifest.write(manifest.build(_full_rows(), ["vars.style"]), tmp_path)
+    frame = pl.read_parquet(tmp_path / "manifest.parquet")
+    assert frame.schema["finished_at"] == pl.Datetime("ms", "UTC")
+    assert frame.schema["status"] == pl.Categorical or frame.schema["status"] == pl.Enum
+    assert frame.schema["seed"] == pl.Int64
+    took = frame.filter(pl.col("status") == "ok").select(
+        (pl.col("finished_at") - pl.col("submitted_at")).dt.total_milliseconds()
+    )
+    assert took.to_series().to_list() == [1250, None]  # the second ok row has no times
+
+
+def test_run_outputs_honour_the_umask(isolated: Path) -> None:
+    from conftest import run_cli
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    proc = run_cli(
+        "run", "sweep=seed_study", "sweep.seeds.count=2", "runner.progress=none", cwd=isolated
+    )
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (isolated / "outputs" / "seed_study").iterdir()
+    files = [
+        run_dir / "manifest.parquet",
+        run_dir / "manifest.csv",
+        run_dir / "plan.parquet",
+        run_dir / ".hydra" / "config.yaml",
+        *(run_dir / "images").iterdir(),
+    ]
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
+        f.name: oct(0o666 & ~mask) for f in files
+    }

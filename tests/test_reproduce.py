@@ -393,6 +393,8 @@ def test_a_failed_cell_cannot_be_reproduced(isolated: Path, finished_run: Path) 
     run = shutil.copytree(finished_run, isolated / "run")
     frame = read_manifest(run)
     failed = frame["cell_id"] == frame["cell_id"].iloc[0]
+    for column in ("status", "error_code"):  # categorical: edit as text (write types it again)
+        frame[column] = frame[column].astype("string")
     frame.loc[failed, ["status", "error_code", "image_sha256"]] = ["failed", "invalidSeed", None]
     manifest.write(frame, run)
     with pytest.raises(SelectError, match=r"has no image in run \(it failed: invalidSeed\)"):
