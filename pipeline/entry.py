@@ -105,6 +105,9 @@ def console(hydra_main: Callable[[], None], command: str) -> None:
     try:
         hydra_main()
         codes = [int(line) for line in Path(path).read_text().split()]
+    except BrokenPipeError:  # the reader went away (`krea-run --help | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except (PipelineError, HydraException, OmegaConfBaseException, yaml.YAMLError, OSError) as exc:
         if full:
             raise

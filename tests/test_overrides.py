@@ -229,3 +229,22 @@ def test_a_sweep_name_that_escapes_outputs_writes_nothing(
     assert sorted(p.name for p in work.iterdir()) == ["bad.yaml"]
     assert not (isolated / "escaped").exists() and not (isolated / "a" / "escaped").exists()
     assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("module", "says"),
+    [
+        ("run", "krea-run: expand a YAML sweep"),
+        ("report", "krea-report: tables (cost, failures, latency by axis)"),
+        ("reproduce", "krea-reproduce: re-issue recorded requests"),
+    ],
+)
+def test_help_is_the_commands_own_page(isolated: Path, module: str, says: str) -> None:
+    proc = run_cli(module, "--help", cwd=isolated)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(says)
+    assert "Examples:" in proc.stdout and "Main options" in proc.stdout
+    assert "powered by Hydra" not in proc.stdout
+    assert list(isolated.iterdir()) == []  # --help writes nothing
+    if module == "run":
+        assert "sweep: bench_100k, big_sampled" in proc.stdout  # the sweeps you can pick
