@@ -175,30 +175,46 @@ def main(cfg: DictConfig) -> None:
 
 
 def _job(cfg: DictConfig) -> int:
-    """The job of `main`: record the sweep's folder for reruns, then run."""
+    """The job of `main`: make the saved config rerunnable, then run."""
     ctx = job_context()
-    _record_sweep_dir(ctx)
+    _make_rerunnable(ctx)
     return run_job(to_plain(cfg), ctx)
 
 
-def _record_sweep_dir(ctx: JobContext) -> None:
-    """Add `sweep.dir` (the sweep file's folder) to the run's saved .hydra/config.yaml.
+def _make_rerunnable(ctx: JobContext) -> None:
+    """Turn the run's saved .hydra/config.yaml into a primary config that reruns like this run.
 
-    A rerun of that file (`--config-path=<run dir>/.hydra --config-name=config`) then resolves
-    the sweep's relative reference images and value files as the original run did.
+    `krea-run --config-path=<run dir>/.hydra --config-name=config` then composes the typed
+    schema, the same logging and run-dir pattern (`outputs/<sweep>/<time>`) and the same
+    checks as a normal run, and resolves the sweep's relative reference images and value files
+    against the sweep file's folder (`sweep.dir`).
     """
     from pipeline.images import write_atomic
 
     subdir = HydraConfig.get().output_subdir
-    if ctx.sweep_dir is None or subdir is None:
+    if subdir is None:
         return
     path = ctx.run_dir / str(subdir) / "config.yaml"
     with contextlib.suppress(OSError):
         saved = OmegaConf.load(path)
-        spec = saved.get("sweep") if isinstance(saved, DictConfig) else None
-        if isinstance(spec, DictConfig) and spec.get("dir") is None:
+        if not isinstance(saved, DictConfig) or "defaults" in saved:
+            return
+        spec = saved.get("sweep")
+        if ctx.sweep_dir is not None and isinstance(spec, DictConfig) and spec.get("dir") is None:
             spec.dir = str(ctx.sweep_dir)
-            write_atomic(path, OmegaConf.to_yaml(saved).encode("utf-8"))
+        ours = OmegaConf.load(CONF_DIR / "run.yaml").hydra
+        keep = ("run", "sweep", "job", "callbacks")
+        hydra_node = {str(k): v for k, v in ours.items() if k in keep}
+        body = OmegaConf.to_container(saved)
+        assert isinstance(body, dict)
+        rerun = OmegaConf.create(
+            {
+                "defaults": ["run_schema", {"override hydra/job_logging": "file"}, "_self_"],
+                **body,
+                "hydra": {**hydra_node, "searchpath": [f"file://{CONF_DIR}"]},
+            }
+        )
+        write_atomic(path, OmegaConf.to_yaml(rerun).encode("utf-8"))
 
 
 def cli() -> None:

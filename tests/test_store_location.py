@@ -89,3 +89,41 @@ def test_the_environment_variable_reaches_a_run(isolated: Path) -> None:
 
 def test_no_test_touches_the_real_user_store(isolated: Path) -> None:
     assert store_location({}).root == isolated / "xdg-data" / "krea-sweep" / "store"
+
+
+def _shape(stdout: str) -> list[str]:
+    """The console output's line structure: each line's first word (numbers and paths vary)."""
+    return [line.split()[0] if line.split() else "" for line in stdout.splitlines()]
+
+
+def test_a_rerun_from_the_saved_config_is_like_a_normal_run(isolated: Path) -> None:
+    sweep = isolated / "three.yaml"
+    sweep.write_text(THREE_CELLS)
+    first = run_cli("run", f"sweep={sweep}", "runner.progress=none", cwd=isolated)
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = (isolated / "outputs" / "three").iterdir()
+    elsewhere = isolated / "elsewhere"
+    elsewhere.mkdir()
+    again = run_cli(
+        "run",
+        f"--config-path={run_dir / '.hydra'}",
+        "--config-name=config",
+        "runner.progress=none",
+        cwd=elsewhere,
+    )
+    assert again.returncode == 0, again.stderr
+    assert _shape(again.stdout) == _shape(first.stdout)  # no log lines, same summary
+    assert "cached                  3" in again.stdout
+    (rerun_dir,) = (elsewhere / "outputs" / "three").iterdir()  # the sweep's run-dir pattern
+    assert (rerun_dir / "run.log").is_file() and (rerun_dir / "manifest.parquet").is_file()
+    assert not again.stderr
+    # …and a rerun of the rerun still is one
+    third = run_cli(
+        "run",
+        f"--config-path={rerun_dir / '.hydra'}",
+        "--config-name=config",
+        "runner.progress=none",
+        "+dryrun=1",
+        cwd=elsewhere,
+    )
+    assert third.returncode == 1 and "did you mean 'dry_run'" in third.stderr
