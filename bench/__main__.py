@@ -3,7 +3,8 @@
     python -m bench [--only plan,runner,latency,rerun,report,shards] [--quick] [--out FILE]
 
 The table (benchmark | figure | target | ratio/ok) is also written to bench/results.md (or --out).
-`--quick` runs small sizes for a smoke run: figures are real, the targets are not at their sizes.
+`--quick` runs small sizes for a smoke run: figures are real, the targets are not at their sizes;
+it only prints the table (it writes a file only with --out, never the tracked bench/results.md).
 """
 
 from __future__ import annotations
@@ -255,12 +256,24 @@ def table(rows: list[Row], quick: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+RESULTS = REPO / "bench" / "results.md"  # the tracked table of the latest full run
+
+
+def output_path(out: Path | None, quick: bool) -> Path | None:
+    """Where the table is written: --out, else bench/results.md for a full run, else nowhere."""
+    if out is not None:
+        return out
+    return None if quick else RESULTS
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen benchmarks, print the table, write it to a file; 1 if one failed."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(NAMES)}")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.md")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write the table here (default: bench/results.md)"
+    )
     args = parser.parse_args(argv)
     names = list(NAMES)
     if args.only:
@@ -278,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.extend(got)
     text = table(rows, args.quick)
     print(text, end="", flush=True)
-    args.out.write_text(text)
+    out = output_path(args.out, args.quick)
+    if out is not None:
+        out.write_text(text)
     return 1 if failed else 0
 
 
