@@ -248,7 +248,7 @@ def shard_of(cfg: dict[str, Any]) -> tuple[int, int]:
 
 
 STORE_ENV = "KREA_SWEEP_STORE"  # environment variable naming the store folder
-OLD_STORE = Path("outputs") / ".store"  # the store's default before 0.2, relative to the cwd
+OLD_STORE = Path("outputs") / ".store"  # the old default store, relative to the current folder
 
 
 @dataclass(frozen=True)
