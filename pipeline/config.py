@@ -24,7 +24,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from pipeline import yamlsafe
+from pipeline import helptext, yamlsafe
 from pipeline.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
@@ -272,6 +272,9 @@ def register() -> None:
     store = ConfigStore.instance()
     for name, node in SCHEMAS.items():
         store.store(name=name, node=node)
+    for command, template in helptext.HELP.items():
+        page = {"app_name": command, "header": "", "footer": "", "template": template}
+        store.store(group="hydra/help", name=command, node=page, provider="krea-sweep")
 
 
 # ---------------------------------------------------------------------------------------------

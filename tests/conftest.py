@@ -14,6 +14,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+import pipeline.config  # noqa: F401  (puts the typed schemas and help pages in Hydra's ConfigStore)
+
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))

@@ -138,3 +138,45 @@ def test_a_key_with_stray_characters_is_refused_without_being_shown(bad: str) ->
 def test_a_key_is_stripped() -> None:
     env = {"RUNWARE_API_KEY": "  sk-live-1234\r\n"}
     assert api_key(api_settings(_api("runware"), env), env) == "sk-live-1234"
+
+
+def test_every_number_in_the_schema_has_a_range() -> None:
+    """A new numeric key cannot be added without bounds (a 1e10 timeout fails paid cells)."""
+    import dataclasses
+    import typing
+
+    from pipeline import config
+
+    unbounded = []
+    for schema in config.SCHEMAS.values():
+        todo: list[tuple[str, type]] = [("", schema)]
+        while todo:
+            prefix, kind = todo.pop()
+            hints = typing.get_type_hints(kind)
+            for f in dataclasses.fields(kind):
+                hint = hints[f.name]
+                if dataclasses.is_dataclass(hint):
+                    todo.append((f"{prefix}{f.name}.", hint))  # type: ignore[arg-type]
+                elif typing.get_origin(hint) is dict:
+                    value = typing.get_args(hint)[1]
+                    if dataclasses.is_dataclass(value):
+                        todo.append((f"{prefix}{f.name}.*.", value))  # type: ignore[arg-type]
+                elif {int, float} & {hint, *typing.get_args(hint)} and not (
+                    "range" in f.metadata or "choices" in f.metadata
+                ):
+                    unbounded.append(prefix + f.name)
+    assert not unbounded, unbounded
+
+
+def test_the_schema_knows_the_keys_added_for_the_real_api() -> None:
+    cfg = compose_config("run")
+    api, budget = cfg["api"], cfg["budget"]
+    assert (api["first_poll_s"], api["latency_sigma"]) == (1.0, 0.0)
+    assert (budget["price_tolerance"], budget["price_check"]) == (0.1, "auto")
+    assert api["emulator"] == {
+        "unknown_task": "empty", "queued_polls": 0, "repeated_task": "conflict",
+        "sync_pollable": False, "task_details": True, "credits_status": 402, "price_factor": 1.0,
+    }  # fmt: skip
+    assert {"http_504", "accepted_500", "accepted_disconnect"} <= set(api["faults"])
+    settings = api_settings(api, {})
+    assert settings.first_poll_s == 1.0 and settings.emulator.repeated_task == "conflict"
