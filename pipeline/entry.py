@@ -131,7 +131,8 @@ def sweep_file_overrides(args: list[str], links: Path) -> list[str]:
     added = False
     for arg in args:
         key, eq, value = arg.partition("=")
-        is_path = value.endswith((".yaml", ".yml")) or os.sep in value
+        # a file name, or a path to a file (`sweep=sub/name` stays a Hydra choice otherwise)
+        is_path = value.endswith((".yaml", ".yml")) or (os.sep in value and Path(value).is_file())
         if key != "sweep" or not eq or not is_path or "," in value:
             out.append(arg)
             continue

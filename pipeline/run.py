@@ -126,13 +126,16 @@ def execute(
         if api.backend == "emulator" and base_url is None:
             from pipeline.emulator import Emulator
 
-            emulator = Emulator(
-                0,
-                latency_s=api.latency_s,
-                faults=api.faults,
-                ledger=Path(api.ledger) if api.ledger else None,
-                fault_seed=api.fault_seed,
-            )
+            try:
+                emulator = Emulator(
+                    0,
+                    latency_s=api.latency_s,
+                    faults=api.faults,
+                    ledger=Path(api.ledger) if api.ledger else None,
+                    fault_seed=api.fault_seed,
+                )
+            except ValueError as exc:  # a fault this emulator does not inject
+                raise ConfigError(f"api.faults: {exc}") from exc
             base_url = stack.enter_context(emulator).base_url
         assert base_url is not None
         return runner.run_sweep(
