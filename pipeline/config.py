@@ -392,7 +392,9 @@ def safe_name(sweep: Any) -> str:
     if not isinstance(sweep, DictConfig | dict):
         raise ConfigError(f"a sweep must be a mapping of keys, got {sweep!r}")
     name = sweep.get("name")
-    text = "" if name is None else str(name)
+    if name is None or name == "":
+        raise ConfigError("the sweep has no `name:` (it names the run dir outputs/<name>/)")
+    text = str(name)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) or ".." in text:
         raise ConfigError(
             f"sweep name {text!r} must be letters, digits, '.', '_' or '-' (it names the run dir "
@@ -431,13 +433,6 @@ class CheckConfig(Callback):
                 raise SystemExit(f"{self.command}: error: {exc}") from exc
             print(f"{self.command}: error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
-
-
-def plain_lists(value: Any) -> Any:
-    """ListConfig/DictConfig to plain containers (helper for callers holding nodes)."""
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True, enum_to_str=True)
-    return value
 
 
 register()

@@ -168,9 +168,8 @@ def describe(exc: BaseException, command: str) -> str:
         return f"cannot read the override {exc.override!r}: {first}"
     if isinstance(exc, MissingConfigException):  # an OSError too
         return missing_config_message(exc)
-    if isinstance(exc, OSError):
-        where = f" {exc.filename}" if exc.filename else ""
-        return f"cannot write{where}: {exc.strerror or first}"
+    if isinstance(exc, OSError) and exc.filename:  # e.g. a run dir under a file, or in /proc
+        return f"cannot write {exc.filename}: {exc.strerror or first}"
     match = re.match(r"Could not (?:override|delete) '([^']+)'", first)
     if match:
         return config.unknown_key_message(match.group(1), schema)
