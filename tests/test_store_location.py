@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 from conftest import cli_env, run_cli
 from runs import ledger
 
@@ -127,3 +128,33 @@ def test_a_rerun_from_the_saved_config_is_like_a_normal_run(isolated: Path) -> N
         cwd=elsewhere,
     )
     assert third.returncode == 1 and "did you mean 'dry_run'" in third.stderr
+
+
+def test_a_sweep_file_by_path_resolves_its_files_against_its_own_folder(isolated: Path) -> None:
+    from PIL import Image
+
+    study = isolated / "studies"
+    (study / "refs").mkdir(parents=True)
+    (study / "prompts").mkdir()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(study / "refs" / "green.png")
+    (study / "prompts" / "subjects.txt").write_text("a fox\na hare\n")
+    (study / "mine.yaml").write_text(
+        "name: mine\n"
+        "base:\n"
+        "  model: krea:krea@2-large\n"
+        "  positivePrompt: '{subject} in the snow'\n"
+        "  width: 1024\n"
+        "  height: 1024\n"
+        "  inputs: {referenceImages: [{image: refs/green.png, strength: 0.5}]}\n"
+        "grid:\n"
+        "  vars.subject: {file: prompts/subjects.txt}\n"
+        "seeds: [1]\n"
+    )
+    work = isolated / "elsewhere"
+    work.mkdir()
+    proc = run_cli("run", "sweep=../studies/mine.yaml", "runner.progress=none", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (work / "outputs" / "mine").iterdir()
+    frame = pd.read_parquet(run_dir / "manifest.parquet")
+    assert sorted(frame["positivePrompt"]) == ["a fox in the snow", "a hare in the snow"]
+    assert list(frame["reference_count"]) == [1, 1] and set(frame["status"]) == {"ok"}
