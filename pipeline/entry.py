@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError, PipelineError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-EXIT_FILE_ENV = "KREA_SWEEP_EXIT_FILE"  # where multirun jobs (in any process) leave their codes
+EXIT_CODE_FILE = "exit_code"  # in each multirun job's run dir: that job's exit code
+_multirun_dirs: list[Path] = []  # sweep dirs of the multiruns this process launched
 
 
 @dataclass(frozen=True)
@@ -72,23 +73,62 @@ def report_errors(command: str, job: Callable[[], int]) -> None:
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr, flush=True)
         code = 130
+    except BaseException:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            _record_exit_code(1)  # an unexpected error: the traceback goes on, the code is kept
+        raise
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         if code:
             sys.exit(code)
-    elif code and os.environ.get(EXIT_FILE_ENV):
-        with open(os.environ[EXIT_FILE_ENV], "a") as codes:
-            codes.write(f"{code}\n")
+    else:
+        _record_exit_code(code)
+
+
+def _record_exit_code(code: int) -> None:
+    """Leave a multirun job's code in its own run dir, wherever the job runs (any host)."""
+    from pipeline.images import write_atomic
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    write_atomic(run_dir / EXIT_CODE_FILE, f"{code}\n".encode())
+
+
+def _job_codes(sweep_dir: Path) -> dict[Path, int]:
+    """The codes jobs left under a sweep dir: {job run dir: code} (job dirs do not nest)."""
+    codes: dict[Path, int] = {}
+    for folder, subdirs, files in os.walk(sweep_dir):
+        if EXIT_CODE_FILE in files:
+            text = (Path(folder) / EXIT_CODE_FILE).read_text().strip()
+            codes[Path(folder)] = int(text) if text.lstrip("-").isdigit() else 1
+            subdirs.clear()
+    return codes
+
+
+class MultirunExitCodes(Callback):
+    """Hydra callback, run by the launching process: note the sweep dir, drop stale job codes."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before any job: remember where the jobs go and remove codes an earlier multirun left."""
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        _multirun_dirs.append(sweep_dir)
+        for job_dir in _job_codes(sweep_dir):
+            (job_dir / EXIT_CODE_FILE).unlink(missing_ok=True)
 
 
 def console(hydra_main: Callable[[], None]) -> None:
     """A console script: run the Hydra app; after a multirun, exit with its worst job's code."""
-    fd, path = tempfile.mkstemp(prefix="krea-sweep-exit-")
-    os.close(fd)
-    os.environ[EXIT_FILE_ENV] = path  # launchers' worker processes inherit it
-    try:
-        hydra_main()
-        codes = [int(line) for line in Path(path).read_text().split()]
-    finally:
-        os.unlink(path)
-    if codes:
-        sys.exit(max(codes))
+    _multirun_dirs.clear()
+    hydra_main()
+    worst = 0
+    for sweep_dir in _multirun_dirs:
+        codes = _job_codes(sweep_dir)
+        if not codes:
+            print(
+                f"error: no job of the multirun left its {EXIT_CODE_FILE} under {sweep_dir}: "
+                "its jobs must write there (hydra.sweep.dir on a filesystem they all share)",
+                file=sys.stderr,
+                flush=True,
+            )
+            worst = max(worst, 1)
+        worst = max(worst, *codes.values(), 0)
+    if worst:
+        sys.exit(worst)
