@@ -5,11 +5,12 @@
 #   scripts/slurm-local.sh status   show the node and the queue
 # Needs root (the daemons run as root, jobs too). Writes /etc/slurm/slurm.conf, so sbatch, sinfo and
 # submitit find the cluster without settings; an existing slurm.conf it did not write is left alone.
-# State, logs and pid files go to $KREA_SLURM_DIR (default /tmp/krea-sweep-slurm).
+# State, logs and pid files go to $KREA_SLURM_DIR (default /var/tmp/krea-sweep-slurm).
 set -euo pipefail
 
-DIR="${KREA_SLURM_DIR:-/tmp/krea-sweep-slurm}"
+DIR="${KREA_SLURM_DIR:-/var/tmp/krea-sweep-slurm}"
 CONF=/etc/slurm/slurm.conf
+JOB_CONTAINER_CONF=/etc/slurm/job_container.conf
 MARK="# written by krea-sweep scripts/slurm-local.sh"
 MUNGE_SOCKET=/run/munge/munge.socket.2
 
@@ -47,6 +48,9 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
+# Each job gets a private /tmp and /dev/shm, as on a node other than the submitting host.
+JobContainerType=job_container/tmpfs
+PrologFlags=Contain
 MpiDefault=none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
@@ -62,6 +66,8 @@ Waittime=0
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=8 RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
+  mkdir -p "$DIR/jobtmp"
+  printf '%s\nAutoBasePath=true\nBasePath=%s\n' "$MARK" "$DIR/jobtmp" >"$JOB_CONTAINER_CONF"
 }
 
 start_munge() {
@@ -84,7 +90,7 @@ start() {
   [ "$(id -u)" -eq 0 ] || die "run as root"
   write_conf
   start_munge
-  pid_alive "$DIR/slurmctld.pid" || slurmctld -i  # -i: ignore state from an earlier start
+  pid_alive "$DIR/slurmctld.pid" || slurmctld -i 2>>"$DIR/slurmctld.log"  # -i: no old state
   pid_alive "$DIR/slurmd.pid" || slurmd -N localhost
   local _
   for _ in $(seq 60); do
@@ -95,7 +101,8 @@ start() {
     scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true
     sleep 1
   done
-  tail -20 "$DIR/slurmctld.log" "$DIR/slurmd.log" >&2 || true
+  tail -n 20 "$DIR/slurmctld.log" "$DIR/slurmd.log" >&2 || true
+  stop >&2
   die "the node did not become idle within 60 s"
 }
 
@@ -119,7 +126,10 @@ stop() {
   stop_pid slurmd "$DIR/slurmd.pid"
   stop_pid slurmctld "$DIR/slurmctld.pid"
   stop_pid munged "$DIR/munged.pid"
-  if [ -f "$CONF" ] && head -1 "$CONF" | grep -qF "$MARK"; then rm -f "$CONF"; fi
+  local file
+  for file in "$CONF" "$JOB_CONTAINER_CONF"; do
+    if [ -f "$file" ] && head -1 "$file" | grep -qF "$MARK"; then rm -f "$file"; fi
+  done
   echo "slurm-local: stopped"
 }
 
