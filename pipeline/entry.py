@@ -114,21 +114,26 @@ class MultirunExitCodes(Callback):
             (job_dir / EXIT_CODE_FILE).unlink(missing_ok=True)
 
 
-def console(hydra_main: Callable[[], None]) -> None:
+def console(hydra_main: Callable[[], None], command: str) -> None:
     """A console script: run the Hydra app; after a multirun, exit with its worst job's code."""
     _multirun_dirs.clear()
     hydra_main()
+    worst = worst_job_code(command)
+    if worst:
+        sys.exit(worst)
+
+
+def worst_job_code(command: str) -> int:
+    """The worst code the jobs of this process's multiruns left in their run dirs (0: none ran)."""
     worst = 0
     for sweep_dir in _multirun_dirs:
         codes = _job_codes(sweep_dir)
         if not codes:
             print(
-                f"error: no job of the multirun left its {EXIT_CODE_FILE} under {sweep_dir}: "
-                "its jobs must write there (hydra.sweep.dir on a filesystem they all share)",
+                f"{command}: error: no job of the multirun left its {EXIT_CODE_FILE} in "
+                f"{sweep_dir}: its jobs must write there (a hydra.sweep.dir they all share)",
                 file=sys.stderr,
                 flush=True,
             )
-            worst = max(worst, 1)
-        worst = max(worst, *codes.values(), 0)
-    if worst:
-        sys.exit(worst)
+        worst = max(worst, *codes.values(), 0 if codes else 1)
+    return worst

@@ -1261,7 +1261,7 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """Console script `krea-report`."""
-    console(main)
+    console(main, "krea-report")
 
 
 if __name__ == "__main__":

@@ -730,7 +730,7 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """Console script `krea-reproduce`."""
-    console(main)
+    console(main, "krea-reproduce")
 
 
 if __name__ == "__main__":

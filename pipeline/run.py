@@ -194,7 +194,7 @@ def _record_sweep_dir(ctx: JobContext) -> None:
 
 def cli() -> None:
     """Console script `krea-run`."""
-    console(main)
+    console(main, "krea-run")
 
 
 if __name__ == "__main__":

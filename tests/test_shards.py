@@ -166,7 +166,7 @@ def test_a_multirun_whose_jobs_leave_no_code_in_its_sweep_dir_fails(tmp_path: Pa
         "hydra.sweep.subdir=../elsewhere/${hydra.job.num}", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "no job of the multirun left its exit_code under" in done.stderr
+    assert "krea-run: error: no job of the multirun left its exit_code in" in done.stderr
     assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["0", "1"]
 
 
