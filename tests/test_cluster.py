@@ -90,9 +90,15 @@ def slurm_multirun(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli("run", "-m", *SLURM, *args, cwd=work, timeout=TIMEOUT_S)
 
 
-def job_ids(sweep_dir: Path) -> set[str]:
-    """The SLURM job ids submitit used for a multirun's shards (one array job: <id>_<task>)."""
-    return {p.name for p in (sweep_dir / ".submitit").glob("*_*") if p.is_dir()}
+def slurm_tasks_run(sweep_dir: Path) -> list[str]:
+    """The SLURM array tasks (`<job id>_<task>`) that ran a shard of the multirun to its end."""
+    done = []
+    for folder in sorted((sweep_dir / ".submitit").glob("*_*")):
+        log = next(folder.glob("*_log.out"), None)
+        ran = log is not None and f"JobEnvironment(job_id={folder.name}," in log.read_text()
+        if ran and next(folder.glob("*_result.pkl"), None) is not None:
+            done.append(folder.name)
+    return done
 
 
 def test_three_slurm_shards_cover_the_plan_once_and_report_merges_them(
@@ -106,7 +112,7 @@ def test_three_slurm_shards_cover_the_plan_once_and_report_merges_them(
     done = slurm_multirun(work, *sweep_args(url, 30), "shard.count=3", "shard.index=range(3)",
                           "hydra.sweep.dir=multi")  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert len(job_ids(work / "multi")) == 3  # three SLURM array tasks ran the shards
+    assert len(slurm_tasks_run(work / "multi")) == 3  # one SLURM array task per shard
     shards = [manifest.read(work / "multi" / str(i)) for i in range(3)]
     assert all(len(s) for s in shards)
     rows = pd.concat(shards)
