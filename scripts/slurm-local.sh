@@ -123,14 +123,15 @@ stop() {
     scancel --full --user="$(id -un)" 2>/dev/null || true
     sleep 1
   fi
-  stop_pid slurmd "$DIR/slurmd.pid"
-  stop_pid slurmctld "$DIR/slurmctld.pid"
-  stop_pid munged "$DIR/munged.pid"
-  local file
+  local file status=0
+  stop_pid slurmd "$DIR/slurmd.pid" || status=1
+  stop_pid slurmctld "$DIR/slurmctld.pid" || status=1
+  stop_pid munged "$DIR/munged.pid" || status=1
   for file in "$CONF" "$JOB_CONTAINER_CONF"; do
     if [ -f "$file" ] && head -1 "$file" | grep -qF "$MARK"; then rm -f "$file"; fi
   done
-  echo "slurm-local: stopped"
+  [ "$status" -eq 0 ] && echo "slurm-local: stopped"
+  return "$status"
 }
 
 case "${1:-}" in
