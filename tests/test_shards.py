@@ -170,13 +170,15 @@ def test_a_multirun_whose_jobs_leave_no_code_in_its_sweep_dir_fails(tmp_path: Pa
     assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["0", "1"]
 
 
-def test_a_submitit_local_multirun_exits_with_its_worst_jobs_code(tmp_path: Path) -> None:
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_a_multirun_in_worker_processes_exits_with_its_worst_jobs_code(
+    tmp_path: Path, launcher: str
+) -> None:
     args = ["run", "-m", "sweep=seed_study", "shard.count=2", "shard.index=0,1",
-            "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]  # fmt: skip
+            f"hydra/launcher={launcher}"]  # fmt: skip
     failed = run_cli(*args, "budget.max_usd=0.01", "hydra.sweep.dir=m", cwd=tmp_path, timeout=180)
     assert failed.returncode == 1, failed.stdout + failed.stderr
-    ok = run_cli(*args, "dry_run=true", "hydra.sweep.dir=n", cwd=tmp_path, timeout=180)
-    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert [(tmp_path / "m" / str(i) / "exit_code").read_text() for i in range(2)] == ["1\n"] * 2
 
 
 def test_a_report_multirun_exits_with_its_worst_jobs_code(tmp_path: Path) -> None:
