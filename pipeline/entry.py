@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -24,7 +24,8 @@ from pipeline import config
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.resources import CONF_DIR as CONF_DIR  # re-exported for the entry points
 
-EXIT_FILE_ENV = "KREA_SWEEP_EXIT_FILE"  # where multirun jobs (in any process) leave their codes
+EXIT_CODE_FILE = "exit_code"  # in each multirun job's run dir: that job's exit code
+_multirun_dirs: list[Path] = []  # sweep dirs of the multiruns this process launched
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,15 @@ def report_errors(command: str, job: Callable[[], int], cfg: DictConfig | None =
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr, flush=True)
         code = 130
+    except BaseException:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            _record_exit_code(1)  # an unexpected error: the traceback goes on, the code is kept
+        raise
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         if code:
             sys.exit(code)
-    elif code and os.environ.get(EXIT_FILE_ENV):
-        with open(os.environ[EXIT_FILE_ENV], "a") as codes:
-            codes.write(f"{code}\n")
+    else:
+        _record_exit_code(code)
 
 
 def console(hydra_main: Callable[[], None], command: str) -> None:
@@ -97,14 +101,11 @@ def console(hydra_main: Callable[[], None], command: str) -> None:
     """
     full = any(os.environ.get(v) == "1" for v in ("HYDRA_FULL_ERROR", "PIPELINE_FULL_ERROR"))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises its errors; they are shown below
-    fd, path = tempfile.mkstemp(prefix="krea-sweep-exit-")
-    os.close(fd)
-    os.environ[EXIT_FILE_ENV] = path  # launchers' worker processes inherit it
-    links = tempfile.mkdtemp(prefix="krea-sweep-files-")
-    sys.argv[1:] = sweep_file_overrides(sys.argv[1:], Path(links))
+    _multirun_dirs.clear()
     try:
+        sys.argv[1:] = sweep_file_overrides(sys.argv[1:], sweep_links_root())
         hydra_main()
-        codes = [int(line) for line in Path(path).read_text().split()]
+        worst = worst_job_code(command)
     except BrokenPipeError:  # the reader went away (`krea-run --help | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
@@ -113,22 +114,30 @@ def console(hydra_main: Callable[[], None], command: str) -> None:
             raise
         print(f"{command}: error: {describe(exc, command)}", file=sys.stderr, flush=True)
         sys.exit(1)
-    finally:
-        os.unlink(path)
-        shutil.rmtree(links, ignore_errors=True)
-    if codes:
-        sys.exit(max(codes))
+    if worst:
+        sys.exit(worst)
+
+
+def sweep_links_root() -> Path:
+    """Where sweep files given by path are linked for Hydra (the user's cache dir).
+
+    It is a lasting folder, not a temp dir: jobs on other hosts (SLURM, Ray) compose the config
+    again and must find the link, and a home directory is usually shared with them.
+    """
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("krea-sweep")) / "sweep-files"
 
 
 def sweep_file_overrides(args: list[str], links: Path) -> list[str]:
     """Turn `sweep=path/to/file.yaml` into a choice Hydra can find.
 
-    The file is linked as `<links>/sweep/file/<stem>.yaml` and `<links>` is added to Hydra's
-    search path, so the sweep composes like one in conf/sweep/ (its keys can be overridden)
-    and its relative reference images and value files resolve against its own folder.
+    The file is linked as `<links>/<hash of its path>/sweep/file/<stem>.yaml` and that folder is
+    added to Hydra's search path, so the sweep composes like one in conf/sweep/ (its keys can be
+    overridden) and its relative reference images and value files resolve against its own folder.
     """
     out: list[str] = []
-    added = False
+    folders: list[Path] = []
     for arg in args:
         key, eq, value = arg.partition("=")
         # a file name, or a path to a file (`sweep=sub/name` stays a Hydra choice otherwise)
@@ -140,14 +149,18 @@ def sweep_file_overrides(args: list[str], links: Path) -> list[str]:
         if not source.is_file():
             raise ConfigError(f"sweep={value}: no such sweep file")
         stem = re.sub(r"[^A-Za-z0-9_-]", "_", source.stem) or "sweep"
-        link = links / "sweep" / "file" / f"{stem}.yaml"
+        folder = links / hashlib.sha256(str(source).encode()).hexdigest()[:16]
+        link = folder / "sweep" / "file" / f"{stem}.yaml"
         link.parent.mkdir(parents=True, exist_ok=True)
-        link.unlink(missing_ok=True)
-        link.symlink_to(source)
+        if not (link.is_symlink() and link.resolve() == source):
+            tmp = link.with_name(f".{stem}.{os.getpid()}.tmp")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(source)
+            os.replace(tmp, link)  # atomic: a concurrent run never sees a missing link
         out.append(f"sweep=file/{stem}")
-        added = True
-    if added:
-        out.append(f"hydra.searchpath=[file://{links}]")
+        folders.append(folder)
+    if folders:
+        out.append(f"hydra.searchpath=[{','.join(f'file://{f}' for f in folders)}]")
     return out
 
 
@@ -223,3 +236,49 @@ def missing_config_message(exc: MissingConfigException) -> str:
     if what == "sweep":
         extra = " — or pass a sweep file by its path: sweep=path/to/file.yaml"
     return f"unknown {what} {name!r}{hint}; known: {', '.join(near)}{extra}"
+
+
+def _record_exit_code(code: int) -> None:
+    """Leave a multirun job's code in its own run dir, wherever the job runs (any host)."""
+    from pipeline.images import write_atomic
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    write_atomic(run_dir / EXIT_CODE_FILE, f"{code}\n".encode())
+
+
+def _job_codes(sweep_dir: Path) -> dict[Path, int]:
+    """The codes jobs left under a sweep dir: {job run dir: code} (job dirs do not nest)."""
+    codes: dict[Path, int] = {}
+    for folder, subdirs, files in os.walk(sweep_dir):
+        if EXIT_CODE_FILE in files:
+            text = (Path(folder) / EXIT_CODE_FILE).read_text().strip()
+            codes[Path(folder)] = int(text) if text.lstrip("-").isdigit() else 1
+            subdirs.clear()
+    return codes
+
+
+class MultirunExitCodes(Callback):
+    """Hydra callback, run by the launching process: note the sweep dir, drop stale job codes."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before any job: remember where the jobs go and remove codes an earlier multirun left."""
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        _multirun_dirs.append(sweep_dir)
+        for job_dir in _job_codes(sweep_dir):
+            (job_dir / EXIT_CODE_FILE).unlink(missing_ok=True)
+
+
+def worst_job_code(command: str) -> int:
+    """The worst code the jobs of this process's multiruns left in their run dirs (0: none ran)."""
+    worst = 0
+    for sweep_dir in _multirun_dirs:
+        codes = _job_codes(sweep_dir)
+        if not codes:
+            print(
+                f"{command}: error: no job of the multirun left its {EXIT_CODE_FILE} in "
+                f"{sweep_dir}: its jobs must write there (a hydra.sweep.dir they all share)",
+                file=sys.stderr,
+                flush=True,
+            )
+        worst = max(worst, *codes.values(), 0 if codes else 1)
+    return worst
