@@ -1033,6 +1033,11 @@ def _load_base(loader: _Loader, raw: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the program
 
 
+def _live_templates(templates: dict[str, _Template | str]) -> dict[str, _Template | str]:
+    """The prompts that `fill` must rewrite (a template, or text with `{{`/`}}` unescaped)."""
+    return {k: v for k, v in templates.items() if v != k}
+
+
 class _Program:
     """Everything `expand` needs, precomputed once per sweep."""
 
@@ -1056,7 +1061,7 @@ class _Program:
         self.seeds = seeds
         self.master = master
         self.sizes = [len(d[0].values) for d in dims] + ([len(seeds)] if seeds is not None else [])
-        self.templates = {k: v for k, v in templates.items() if v != k}
+        self.templates = _live_templates(templates)
         self.local = local
         self.written: dict[str, str] = {}
         self.extra_axes = extra_axes
@@ -1658,6 +1663,7 @@ def _load_includes(
                     extra.append(path)
         if not ok:
             continue
+        program.templates = _live_templates(loader.templates)  # this entry's own prompt, parsed
         assigns.sort(key=lambda item: len(item[0]))
         inc = _Include(
             where, tuple(assigns), variables, labels, "seed" in entry and entry["seed"] is not None

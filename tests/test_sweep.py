@@ -681,3 +681,23 @@ def test_sweep_schema_rejects_unknown_keys() -> None:
     assert not validator.is_valid({"name": "x", "base": {}, "zip": [{"width": [1], "h": 3}]})
     described = sweep_schema()["properties"]
     assert all(sub.get("description") for sub in described.values())
+
+
+def test_an_include_with_its_own_prompt_template_is_rendered(where: Path) -> None:
+    # issue 11 item 3: `a {style} castle` and `literal {{braces}} here` were sent as written
+    sweep = _load(
+        where,
+        include=[
+            {"positivePrompt": "a {style} castle"},
+            {"positivePrompt": "literal {{braces}} here"},
+            {"positivePrompt": "a {style} tower", "vars.style": "ink"},
+        ],
+    )
+    prompts = [c.request["positivePrompt"] for c in expand(sweep)]
+    assert prompts == [
+        "a lighthouse, film grain",
+        "a film grain castle",
+        "literal {braces} here",
+        "a ink tower",
+    ]
+    assert all("{" not in p or p == "literal {braces} here" for p in prompts)
