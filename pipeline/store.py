@@ -128,6 +128,18 @@ class Store:
         files = record.get("files") or []
         return StoredCell(cell_id, path, record, [path / name for name in files])
 
+    def count(self) -> int:
+        """How many cells are stored (cell folders, without reading them)."""
+        total = 0
+        try:
+            shelves = [e for e in os.scandir(self.root) if len(e.name) == 2 and e.is_dir()]
+        except OSError:
+            return 0
+        for shelf in shelves:
+            with contextlib.suppress(OSError):
+                total += sum(1 for e in os.scandir(shelf.path) if _CELL_ID_RE.match(e.name))
+        return total
+
     def put(
         self, cell_id: str, record: dict[str, Any], images: Sequence[tuple[bytes | Path, str]]
     ) -> bool:

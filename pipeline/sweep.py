@@ -85,6 +85,8 @@ PER_ATTEMPT_FIELDS: frozenset[str] = frozenset(
 SEED_MAX = 2**63 - 1
 DERIVED_SEED_RANGE = 2**32  # derived seeds stay in Runware's own default range (uint32)
 CELL_ID_LENGTH = 20
+MAX_CELLS = 1_000_000  # cells one sweep may expand to (counted from its shape, before expanding)
+_ENUMERATE_LIMIT = 2_000_000  # product cells up to which many excludes are counted one by one
 
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 _UUID_RE = re.compile(
@@ -1436,7 +1438,7 @@ def load_sweep(spec: dict[str, Any], base_dir: Path) -> Sweep:
     axis_names += [p for p in extra if p not in axis_names]
     program.extra_axes = [(p, parse_path(p)) for p in extra if p not in by_path]
     program.axis_names = axis_names
-    if not loader.problems:
+    if not loader.problems and _check_size(loader, program):
         _check_includes(loader, program)
         if program.survivors() == 0 and not includes:
             loader.problem("exclude removes every cell: the sweep has nothing to run")
@@ -1462,6 +1464,43 @@ def load_sweep(spec: dict[str, Any], base_dir: Path) -> Sweep:
         axis_names=axis_names,
         program=program,
     )
+
+
+def _check_size(loader: _Loader, program: _Program) -> bool:
+    """Refuse a sweep of more than MAX_CELLS cells, counted from its shape (never expanded)."""
+    product = program.product_size()
+    per_seed = len(program.seeds) if program.seeds is not None else 1
+    extra = sum(1 if inc.sets_seed else per_seed for inc in program.includes)
+    if len(program.exclude_sets) > _IE_LIMIT and product > _ENUMERATE_LIMIT:
+        # The exact count would walk the product; every entry removes at most its own cells.
+        removable = 0
+        for entry in program.exclude_sets:
+            size = 1
+            for d, n in enumerate(program.sizes):
+                size *= len(entry[d]) if d in entry else n
+            removable += size
+        least = max(product - removable, 0)
+        if program.sample is not None:
+            least = min(least, program.sample.n)
+        if least + extra <= MAX_CELLS:
+            loader.problem(
+                f"exclude: {len(program.exclude_sets)} entries over a product of {product:,} "
+                f"cells are too many to count; use at most {_IE_LIMIT} entries, or a smaller grid"
+            )
+            return False
+        total = least + extra
+    else:
+        total = program.survivors()
+        if program.sample is not None:
+            total = min(total, program.sample.n)
+        total += extra
+    if total > MAX_CELLS:
+        loader.problem(
+            f"the sweep has {total:,} cells (product of {product:,}); one run plans at most "
+            f"{MAX_CELLS:,}: use sample: {{n: N}}, fewer seeds or a smaller grid"
+        )
+        return False
+    return True
 
 
 def _check_templates(
