@@ -68,6 +68,7 @@ from typing import Any
 import jsonschema
 
 from pipeline.errors import ConfigError
+from pipeline.images import read_reference
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "sweep.schema.json"
 PER_ATTEMPT_FIELDS: frozenset[str] = frozenset(
@@ -92,6 +93,7 @@ _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 _UUID_RE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
 )
+_SCHEME_RE = re.compile(r"[a-z][a-z0-9+.-]*://")
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _NAME_RE = re.compile(_NAME + r"\Z")
 _PATH_RE = re.compile(rf"{_NAME}(?:\[\d+\])*(?:\.{_NAME}(?:\[\d+\])*)*\Z")
@@ -206,7 +208,7 @@ def is_local_file(value: str) -> bool:
     if not isinstance(value, str) or len(value) >= 1024 or _UUID_RE.match(value):
         return False
     low = value.lower()
-    if low.startswith(("http://", "https://", "data:")):
+    if low.startswith("data:") or _SCHEME_RE.match(low):  # a URL of any scheme is no file
         return False
     return low.endswith(_IMAGE_EXTENSIONS)
 
@@ -223,6 +225,8 @@ def cell_id_of(request: dict[str, Any], base_dir: Path | None = None) -> str:
             return "sha256:" + file_sha256(path)
         except OSError as exc:
             raise ConfigError(f"reference image {value!r} ({path}): {_os_reason(exc)}") from exc
+        except ValueError as exc:
+            raise ConfigError(f"reference image {value!r} ({path}) {exc}") from exc
 
     return _digest(canonical_json(_id_view(request, lookup)))
 
@@ -231,13 +235,16 @@ _HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def file_sha256(path: str) -> str:
-    """Hex sha256 of a file's bytes, cached per (path, mtime, size)."""
+    """Hex sha256 of a reference image file, cached per (path, mtime, size).
+
+    OSError: the file is not there; ValueError: it cannot be a reference image (not a regular
+    file, empty, too large, or not an image by its first bytes; see images.read_reference).
+    """
     st = os.stat(path)
     key = (path, st.st_mtime_ns, st.st_size)
     digest = _HASHES.get(key)
     if digest is None:
-        with open(path, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        digest = hashlib.sha256(read_reference(path)).hexdigest()
         _HASHES[key] = digest
     return digest
 
@@ -627,6 +634,9 @@ class _Loader:
                 self.local[path] = "sha256:" + file_sha256(path)
             except OSError as exc:
                 self.problem(f"{where}: reference image {value!r} ({path}): {_os_reason(exc)}")
+                self.local[path] = "sha256:" + "0" * 64
+            except ValueError as exc:
+                self.problem(f"{where}: reference image {value!r} ({path}) {exc}")
                 self.local[path] = "sha256:" + "0" * 64
         return path
 
@@ -1373,6 +1383,11 @@ def load_sweep(spec: dict[str, Any], base_dir: Path) -> Sweep:
     if not isinstance(spec, dict):
         raise ConfigError(f"a sweep must be a mapping of keys, got {_show(spec)}")
     loader = _Loader(Path(base_dir))
+    broken = _not_unicode(spec)
+    if broken:
+        raise ConfigError(
+            f"sweep: {len(broken)} problem(s) in the sweep file:\n" + "\n".join(broken)
+        )
     problems, bad = _schema_problems(spec)
     loader.problems.extend(problems)
 
@@ -1464,6 +1479,29 @@ def load_sweep(spec: dict[str, Any], base_dir: Path) -> Sweep:
         axis_names=axis_names,
         program=program,
     )
+
+
+def _not_unicode(value: Any, where: str = "", found: list[str] | None = None) -> list[str]:
+    """Texts (keys or values) that are not valid Unicode, e.g. a lone surrogate like \\ud800."""
+    found = [] if found is None else found
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = value[exc.start : exc.start + 1].encode("unicode_escape").decode()
+            found.append(
+                f"{where or 'a value'}: holds {bad} at character {exc.start}, which is not valid "
+                "Unicode text (a lone surrogate, or bytes that are not UTF-8); remove it"
+            )
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            key = str(k)
+            _not_unicode(key, f"{where}: key" if where else "a key", found)
+            _not_unicode(v, f"{where}.{key}" if where else key, found)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _not_unicode(v, f"{where}[{i}]", found)
+    return found
 
 
 def _check_size(loader: _Loader, program: _Program) -> bool:

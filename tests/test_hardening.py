@@ -103,3 +103,204 @@ def test_many_excludes_over_a_huge_product_are_not_walked(isolated: Path) -> Non
     )
     with pytest.raises(ConfigError, match="13 entries over a product of 1,000,000,000,000"):
         _run(isolated, sweep)
+
+
+# ---------------------------------------------------------------- item 9: one line, not a traceback
+
+
+def _cli(tmp_path: Path, *args: str | bytes, **popen: Any) -> Any:
+    """A console script run with raw argv (bytes allowed), output as text."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    done = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        timeout=60,
+        **popen,
+    )
+    done.stdout = done.stdout.decode("utf-8", "replace")
+    done.stderr = done.stderr.decode("utf-8", "replace")
+    return done
+
+
+def test_a_lone_surrogate_in_a_prompt_is_one_clear_line(tmp_path: Path) -> None:
+    done = _cli(
+        tmp_path,
+        "pipeline.run",
+        "sweep=seed_study",
+        "dry_run=true",
+        b"sweep.base.positivePrompt='a \xed\xa0\x80 castle'",  # argv bytes that are not UTF-8
+    )
+    _one_line_exit_1(done, "base.positivePrompt: holds \\udced at character 2")
+
+
+def test_a_lone_surrogate_anywhere_in_a_sweep_is_named(isolated: Path) -> None:
+    sweep = _sweep(vars={"style": "oil \ud800"}, grid={"vars.x\udc80": ["a"]})
+    with pytest.raises(ConfigError) as caught:
+        _run(isolated, sweep)
+    assert "vars.style: holds \\ud800 at character 4" in str(caught.value)
+    assert "grid: key: holds \\udc80 at character 6" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\xff\xfe\x00k\x00e\x00y", "is not UTF-8 text"),
+        (b"k" * 5000, "is over 4096 bytes"),
+        (None, "is not a regular file"),  # a FIFO: was a hang
+    ],
+    ids=["not-utf8", "huge", "fifo"],
+)
+def test_a_bad_api_key_file_is_one_clear_line(
+    tmp_path: Path, content: bytes | None, expected: str
+) -> None:
+    import os
+
+    key = tmp_path / "key.txt"
+    if content is None:
+        os.mkfifo(key)
+    else:
+        key.write_bytes(content)
+    done = _cli(tmp_path, "pipeline.run", "sweep=seed_study", "api=runware", f"api.key_file={key}")
+    _one_line_exit_1(done, f"api.key_file {key} {expected}")
+    assert "\xff" not in done.stderr and "kkkk" not in done.stderr  # the content is never shown
+
+
+def test_store_dir_under_a_file_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("x")
+    done = _cli(tmp_path, "pipeline.run", "sweep=seed_study", "dry_run=true", "store.dir=plain/s")
+    _one_line_exit_1(done, "store.dir: cannot use plain/s/emulator for the store: Not a directory")
+
+
+def test_report_out_dir_under_a_file_is_one_clear_line(tmp_path: Path) -> None:
+    first = run_cli(
+        "run", "sweep=seed_study", "sweep.seeds.count=2", "hydra.run.dir=r", cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "plain").write_text("x")
+    done = _cli(tmp_path, "pipeline.report", "run_dir=r", "report.out_dir=plain/rep")
+    _one_line_exit_1(done, "report.out_dir: cannot write the report to plain/rep: Not a directory")
+
+
+def test_a_full_disk_while_writing_the_manifest_is_one_clear_line(tmp_path: Path) -> None:
+    import resource
+    import signal
+
+    run = ["pipeline.run", "sweep=seed_study", "sweep.seeds.count=3", "hydra.run.dir=r"]
+    assert _cli(tmp_path, *run).returncode == 0
+    manifest_size = (tmp_path / "r" / "manifest.parquet").stat().st_size
+    others = max(p.stat().st_size for p in (tmp_path / "r").glob("[!m]*") if p.is_file())
+    assert others < manifest_size  # the limit below lets every file but the manifest be written
+    for name in ("manifest.parquet", "manifest.csv"):
+        (tmp_path / "r" / name).unlink()
+    limit = (others + manifest_size) // 2
+
+    def small_files() -> None:  # the file size limit stands in for a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = _cli(tmp_path, *run, preexec_fn=small_files)
+    _one_line_exit_1(done, "cannot write the manifest in")
+    assert "File too large; every result is kept in journal.jsonl" in done.stderr
+    assert _cli(tmp_path, *run).returncode == 0  # space again: the same command finishes
+    assert (tmp_path / "r" / "manifest.parquet").exists()
+
+
+# ---------------------------------------------------------------- item 11: bad references
+
+
+def _with_ref(image: str) -> dict[str, Any]:
+    return _sweep(base={**BASE, "inputs": {"referenceImages": [{"image": image, "strength": 0.5}]}})
+
+
+def _bad_file(folder: Path, kind: str) -> Path:
+    import os
+
+    path = folder / f"{kind}.png"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not an image\n")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("empty", "is empty (0 bytes)"),
+        ("text", "is not an image (its bytes start like no PNG, JPEG, WEBP, GIF or BMP file)"),
+        ("fifo", "is not a regular file (a FIFO)"),  # was a hang
+        ("dev-zero", "is not a regular file (a character device)"),  # was a hang
+        ("directory", "is not a regular file (a directory)"),
+    ],
+)
+def test_a_local_reference_that_is_no_image_file_is_refused_before_anything_is_sent(
+    isolated: Path, kind: str, expected: str
+) -> None:
+    path = _bad_file(isolated, kind)
+    with pytest.raises(ConfigError) as caught:
+        _run(isolated, _with_ref(path.name), dry_run=False)
+    assert f"reference image '{path.name}' ({path}) {expected}" in str(caught.value)
+
+
+def test_the_cli_refuses_a_fifo_reference_at_once(tmp_path: Path) -> None:
+    path = _bad_file(tmp_path, "fifo")
+    ref = f"+sweep.base.inputs={{referenceImages:[{{image:'{path}',strength:0.5}}]}}"
+    done = _cli(tmp_path, "pipeline.run", "sweep=seed_study", ref)
+    _one_line_exit_1(done, "is not a regular file (a FIFO)")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "file:///etc/passwd",
+        "file:///etc/passwd.png",
+        "javascript:alert(1)",
+        "ftp://example.com/a.jpg",
+        "data:text/html,x",
+    ],
+)
+def test_a_reference_that_is_no_image_input_is_never_sent(isolated: Path, value: str) -> None:
+    from pipeline.emulator import Emulator
+    from pipeline.errors import ValidationFailed
+
+    with Emulator(0) as emu:
+        with pytest.raises(ValidationFailed) as caught:
+            _run(
+                isolated,
+                _with_ref(value),
+                dry_run=False,
+                **{"api.backend": "emulator", "api.base_url": emu.base_url},
+            )
+        assert emu.stats().get("posts", 0) == 0
+    assert f"inputs.referenceImages[0].image: {value!r}" in str(caught.value)
+
+
+def test_the_image_inputs_runware_takes_pass() -> None:
+    import base64
+
+    from pipeline.images import image_input_problem
+
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40).decode()
+    good = [
+        "https://example.com/ref.jpg",
+        "http://example.com/ref?x=1",
+        "0b8d3f6e-6c2a-4e0f-9a43-5a0d2f1c7b11",
+        f"data:image/png;base64,{png}",
+        png,
+    ]
+    assert [image_input_problem(v) for v in good] == [None] * len(good)
+    text = base64.b64encode(b"this is not an image at all....").decode()
+    assert "not a PNG, JPEG" in str(image_input_problem(text))
+    assert "not a PNG, JPEG" in str(image_input_problem(f"data:image/png;base64,{text}"))
