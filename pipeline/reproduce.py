@@ -751,6 +751,7 @@ def reproduce_job(cfg: dict[str, Any], ctx: JobContext) -> int:
         # Every reproduction came back and is reported: the next krea-reproduce asks the API anew.
         for cell in cells:
             store.remove(cell.cell_id)
+            store.clear_intent(cell.cell_id)  # settled: its task must not answer a later one
     return 0 if all(r.result == "identical" for r in rows) else 1
 
 

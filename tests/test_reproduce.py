@@ -486,6 +486,12 @@ def test_a_stopped_reproduction_run_again_elsewhere_pays_nothing_twice(
         first = len(poor.ledger_entries())
     assert code == 2 and 0 < first < 6
     capsys.readouterr()
+    # A kill between storing a reproduction and dropping its intent leaves both behind.
+    area = isolated / "outputs" / ".store" / "emulator" / "reproductions"
+    (area / ".intents").mkdir(exist_ok=True)
+    for record in area.glob("??/*/record.json"):
+        task = json.loads(record.read_text())["images"][0]["task_uuid"]
+        (area / ".intents" / record.parent.name).write_text(task)
     with Emulator(0) as rich:
         code, report = _reproduce(rich, isolated / "rep2", f"run_dir={run}", f"select={ids}")
         second = len(rich.ledger_entries())
@@ -496,7 +502,9 @@ def test_a_stopped_reproduction_run_again_elsewhere_pays_nothing_twice(
         assert report is not None and set(report["result"]) == {"identical"} and len(report) == 6
         new = read_manifest(isolated / "rep2")
         assert (new["status"] == "cached").sum() == first
-        # the finished reproduction was reported in full: a later one asks the API again
+        # the finished reproduction was reported in full: a later one asks the API again, and is
+        # not answered by a task of an earlier reproduction either
+        assert not list(area.glob("??/*")) and not list((area / ".intents").glob("*"))
         code, _ = _reproduce(rich, isolated / "rep3", f"run_dir={run}", f"select={ids}")
         assert code == 0 and len(rich.ledger_entries()) == second + 6
 
