@@ -312,8 +312,8 @@ def check_least_cost(
     if least > budget_usd + 1e-9:
         free = f", {stored:,} of them at most from the store" if stored else ""
         raise BudgetExceeded(
-            f"the plan's estimate is at least {usd(least)} ({cells:,} cells at {usd(price)} or "
-            f"more each{free}), over the budget {usd(budget_usd)}; nothing was sent. Raise it "
+            f"the plan's estimate of at least {usd(least)} ({cells:,} cells at {usd(price)} or "
+            f"more each{free}) is over the budget {usd(budget_usd)}; nothing was sent. Raise it "
             f"with budget.max_usd={_round_up(least)} or more, or shrink the sweep (sample, "
             "fewer seeds)."
         )
