@@ -1532,6 +1532,19 @@ def _check_size(loader: _Loader, program: _Program) -> bool:
         if program.sample is not None:
             total = min(total, program.sample.n)
         total += extra
+    if (
+        program.masks
+        and program.sample is not None
+        and product > _ENUMERATE_LIMIT
+        and program.sample.n < program.survivors()
+    ):
+        # Drawing from a product with holes walks it up to the last cell drawn.
+        loader.problem(
+            f"sample with exclude over a product of {product:,} cells cannot be drawn without "
+            f"walking it; with exclude, keep the product under {_ENUMERATE_LIMIT:,} cells "
+            "(or drop exclude)"
+        )
+        return False
     if total > MAX_CELLS:
         loader.problem(
             f"the sweep has {total:,} cells (product of {product:,}); one run plans at most "
@@ -1617,9 +1630,19 @@ def _load_exclude(
             key = _match_key(value)
             if path == "seed" and seeds is not None:
                 d = len(dims)
-                digits = frozenset(i for i, s in enumerate(seeds) if _match_key(s) == key)
-                if isinstance(seeds, range) and not digits and isinstance(value, int):
-                    digits = frozenset({value - seeds.start}) if value in seeds else frozenset()
+                if len(seeds) > _ENUMERATE_LIMIT:
+                    loader.problem(
+                        f"{where}: excluding by seed needs seeds.count ≤ {_ENUMERATE_LIMIT:,} "
+                        f"(it is {len(seeds):,}); drop the entry or use fewer seeds"
+                    )
+                    ok = False
+                    continue
+                if isinstance(seeds, range):  # {count, start}: never walked (it may be huge)
+                    number = _norm(value)
+                    ok_int = isinstance(number, int) and not isinstance(number, bool)
+                    digits = frozenset({number - seeds.start} if ok_int and number in seeds else ())
+                else:
+                    digits = frozenset(i for i, s in enumerate(seeds) if _match_key(s) == key)
             elif path in by_path:
                 axis = by_path[path]
                 d = dim_of[path]

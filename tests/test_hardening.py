@@ -304,3 +304,21 @@ def test_the_image_inputs_runware_takes_pass() -> None:
     text = base64.b64encode(b"this is not an image at all....").decode()
     assert "not a PNG, JPEG" in str(image_input_problem(text))
     assert "not a PNG, JPEG" in str(image_input_problem(f"data:image/png;base64,{text}"))
+
+
+def test_a_sample_from_a_huge_product_with_holes_is_refused_not_walked(isolated: Path) -> None:
+    sweep = _sweep(
+        base={**BASE, "positivePrompt": "{a} {b}"},
+        grid={"vars.a": list(range(2000)), "vars.b": list(range(2000))},
+        exclude=[{"vars.a": 5}],
+        sample={"n": 10},
+    )
+    with pytest.raises(ConfigError, match="cannot be drawn without walking it"):
+        _run(isolated, sweep)
+    sweep = _sweep(seeds={"count": 10**12}, exclude=[{"seed": 5}], sample={"n": 10})
+    with pytest.raises(ConfigError, match=r"excluding by seed needs seeds.count ≤ 2,000,000"):
+        _run(isolated, sweep)
+
+
+def test_a_sample_from_a_huge_product_without_holes_plans_at_once(isolated: Path) -> None:
+    assert _run(isolated, _sweep(seeds={"count": 10**12}, sample={"n": 10})) == 0
