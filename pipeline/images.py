@@ -436,11 +436,14 @@ def image_signature(head: bytes) -> str | None:
     return next((name for sig, name in _REFERENCE_SIGNATURES.items() if head.startswith(sig)), None)
 
 
-def read_reference(path: str | os.PathLike[str], limit: int = MAX_REFERENCE_BYTES) -> bytes:
+def read_reference(
+    path: str | os.PathLike[str], limit: int = MAX_REFERENCE_BYTES, *, image: bool = True
+) -> bytes:
     """A local reference image's bytes, read safely; ValueError says why it cannot be one.
 
     The file is opened without blocking and checked with fstat before any read, so a FIFO, a
     device (a symlink to /dev/zero) or a directory is refused at once; the read is bounded.
+    `image=False` skips the check that the bytes start like an image.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
@@ -462,7 +465,7 @@ def read_reference(path: str | os.PathLike[str], limit: int = MAX_REFERENCE_BYTE
         os.close(fd)
     if not data or len(data) > limit:
         raise ValueError("changed size while it was read")
-    if image_signature(data[:16]) is None:
+    if image and image_signature(data[:16]) is None:
         raise ValueError(
             "is not an image (its bytes start like no PNG, JPEG, WEBP, GIF or BMP file)"
         )

@@ -240,9 +240,9 @@ def _from_images(paths: Sequence[Path]) -> Selection:
     name = ""
     for path in paths:
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise SelectError(f"image {path}: {exc.strerror or exc}") from exc
+            data = images.read_reference(path, image=False)  # a FIFO or device is never read
+        except ValueError as exc:
+            raise SelectError(f"image {path}: {exc}") from exc
         recipe = images.read_recipe(data)
         if recipe is None:
             raise SelectError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -589,3 +590,9 @@ def test_the_same_reproduce_command_run_again_after_a_stop_pays_each_image_once(
     assert len(list((tmp_path / "outputs" / "reproduce").iterdir())) == 2
     charges = charges_by_seed(ledger_path)
     assert len(charges) == cells and set(charges.values()) == {1}, charges
+
+
+def test_an_image_that_is_a_fifo_is_refused_not_read(isolated: Path) -> None:
+    os.mkfifo(isolated / "fifo.png")  # was a hang: the recipe was read with a blocking open
+    with pytest.raises(SelectError, match=r"fifo.png: is not a regular file \(a FIFO\)"):
+        load_selection(parse_select(None, str(isolated / "fifo.png")))
