@@ -1210,7 +1210,8 @@ def report_job(cfg: Mapping[str, Any], now: datetime | None = None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(
-            f"report.out_dir: cannot write the report to {out_dir}: {exc.strerror or exc}"
+            f"cannot write the report to {out_dir}: {exc.strerror or exc}; set report.out_dir "
+            "to a folder that can be made and written"
         ) from exc
     tables = make_tables(data)
     print(describe(data), flush=True)

@@ -184,7 +184,9 @@ def test_report_out_dir_under_a_file_is_one_clear_line(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     (tmp_path / "plain").write_text("x")
     done = _cli(tmp_path, "pipeline.report", "run_dir=r", "report.out_dir=plain/rep")
-    _one_line_exit_1(done, "report.out_dir: cannot write the report to plain/rep: Not a directory")
+    _one_line_exit_1(
+        done, "cannot write the report to plain/rep: Not a directory; set report.out_dir"
+    )
 
 
 def test_a_full_disk_while_writing_the_manifest_is_one_clear_line(tmp_path: Path) -> None:
