@@ -178,11 +178,7 @@ class Store:
 
     def has(self, cell_id: str, *, backend: str | None = None) -> bool:
         """Whether the cell is stored (and, if `backend` is given, was made by that backend)."""
-        if not self.serve:
-            return False
-        if backend is not None:
-            return self.get(cell_id, backend=backend) is not None
-        return os.path.exists(os.path.join(self.cell_dir(cell_id), RECORD_NAME))
+        return self.get(cell_id, backend=backend) is not None  # a damaged cell is not stored
 
     def get(self, cell_id: str, *, backend: str | None = None) -> StoredCell | None:
         """The stored cell, or None (also when `backend` is given and differs)."""
