@@ -446,11 +446,14 @@ def read_reference(
     `image=False` skips the check that the bytes start like an image.
     """
     try:
+        mode = os.stat(path).st_mode  # a FIFO or a device is never opened
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"is not a regular file ({_file_kind(mode)})")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
         raise ValueError(exc.strerror or str(exc)) from exc
     try:
-        st = os.fstat(fd)
+        st = os.fstat(fd)  # the file opened is still the one checked
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"is not a regular file ({_file_kind(st.st_mode)})")
         if st.st_size == 0:

@@ -147,13 +147,16 @@ def api_key(api: ApiSettings, environ: dict[str, str] | None = None) -> str:
 def _read_key_file(name: str, limit: int = 4096) -> str:
     """A key file's text (never shown): a small UTF-8 regular file, checked before any read."""
     path = Path(name).expanduser()
+    not_regular = ConfigError(f"api.key_file {name} is not a regular file (a FIFO or device?)")
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device is never opened
+            raise not_regular
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
         raise ConfigError(f"cannot read api.key_file {name}: {exc.strerror}") from exc
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"api.key_file {name} is not a regular file (a FIFO or device?)")
+            raise not_regular
         data = os.read(fd, limit + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read api.key_file {name}: {exc.strerror}") from exc
