@@ -163,6 +163,7 @@ class Store:
         self.serve = serve
         self.stale_after_s = stale_after_s
         self.report = report or _to_stderr
+        self._reported: set[str] = set()  # damaged cells that could not be moved aside
         self._tmp = self.root / TMP_DIR
         try:
             self._tmp.mkdir(parents=True, exist_ok=True)
@@ -217,10 +218,12 @@ class Store:
         except FileNotFoundError:
             return  # another run set it aside first (and reported it)
         except OSError as exc:
-            self.report(
-                f"store: cell {cell_id} is damaged ({why}) and cannot be moved aside "
-                f"({_reason(exc)}); it is treated as not stored"
-            )
+            if cell_id not in self._reported:  # it stays in place: say so once per process
+                self._reported.add(cell_id)
+                self.report(
+                    f"store: cell {cell_id} is damaged ({why}) and cannot be moved aside "
+                    f"({_reason(exc)}); it is treated as not stored"
+                )
             dest = path
         if task_uuid and self.intent(cell_id) is None:
             with contextlib.suppress(OSError):

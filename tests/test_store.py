@@ -355,3 +355,15 @@ def test_store_dir_under_a_file_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match=r"store.dir: cannot use .*file/s.*Not a directory"):
         Store(tmp_path / "file" / "s")
+
+
+def test_a_damaged_entry_that_cannot_be_moved_is_reported_once(tmp_path: Path) -> None:
+    lines: list[str] = []
+    store = Store(tmp_path, report=lines.append)
+    cell = store.cell_dir("e" * 20)
+    cell.mkdir(parents=True)
+    (cell / RECORD_NAME).write_bytes(b"{")
+    (tmp_path / ".damaged").write_text("a file where the folder should be")
+    assert store.get("e" * 20) is None and store.get("e" * 20) is None
+    assert not store.has("e" * 20)
+    assert len(lines) == 1 and "cannot be moved aside" in lines[0]
