@@ -24,12 +24,14 @@ The manifest's `image_sha256` is the hash of the bytes as the API delivered them
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
 import json
 import os
 import re
+import stat
 import struct
 import tempfile
 import zlib
@@ -508,3 +510,110 @@ def _webp_strip(data: bytes) -> bytes:
     if m.group("conv") == b"1" and chunks and chunks[0][0] == b"VP8X":
         del chunks[0]
     return _webp_pack(chunks)
+
+
+# --------------------------------------------------------------------------- reference inputs
+
+MAX_REFERENCE_BYTES = 50 * 1024 * 1024  # a local reference image larger than this is refused
+_REFERENCE_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+}
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\Z")
+_DATA_URI = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,[A-Za-z0-9+/\s]+={0,2}\s*\Z", re.S)
+_BASE64 = re.compile(r"[A-Za-z0-9+/\s]+={0,2}\s*\Z")
+_URL = re.compile(r"https?://[^\s/?#@]+(?:[/?#]\S*)?\Z", re.I)
+
+
+def image_signature(head: bytes) -> str | None:
+    """The image format its first bytes announce (PNG, JPEG, WEBP, GIF, BMP), else None."""
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for sig, name in _REFERENCE_SIGNATURES.items() if head.startswith(sig)), None)
+
+
+def read_reference(
+    path: str | os.PathLike[str], limit: int = MAX_REFERENCE_BYTES, *, image: bool = True
+) -> bytes:
+    """A local reference image's bytes, read safely; ValueError says why it cannot be one.
+
+    The file is opened without blocking and checked with fstat before any read, so a FIFO, a
+    device (a symlink to /dev/zero) or a directory is refused at once; the read is bounded.
+    `image=False` skips the check that the bytes start like an image.
+    """
+    try:
+        mode = os.stat(path).st_mode  # a FIFO or a device is never opened
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"is not a regular file ({_file_kind(mode)})")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise ValueError(exc.strerror or str(exc)) from exc
+    try:
+        st = os.fstat(fd)  # the file opened is still the one checked
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"is not a regular file ({_file_kind(st.st_mode)})")
+        if st.st_size == 0:
+            raise ValueError("is empty (0 bytes)")
+        if st.st_size > limit:
+            raise ValueError(f"is {st.st_size:,} bytes; at most {limit:,} are sent")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise ValueError(exc.strerror or str(exc)) from exc
+    finally:
+        os.close(fd)
+    if not data or len(data) > limit:
+        raise ValueError("changed size while it was read")
+    if image and image_signature(data[:16]) is None:
+        raise ValueError(
+            "is not an image (its bytes start like no PNG, JPEG, WEBP, GIF or BMP file)"
+        )
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def image_input_problem(value: str) -> str | None:
+    """Why a string image input (not a local file) cannot be sent, or None when it can.
+
+    Allowed: an http(s) URL, a Runware image UUID, a data URI of an image in base64, or base64.
+    """
+    if _UUID_TEXT.match(value) or _URL.match(value):
+        return None
+    if value[:5].lower() == "data:":
+        if not _DATA_URI.match(value):
+            return "is a data URI but not data:image/…;base64,…"
+        return _base64_image_problem(value.partition(",")[2])
+    compact = "".join(value.split())
+    if len(compact) >= 16 and len(compact) % 4 == 0 and _BASE64.match(value):
+        return _base64_image_problem(compact)
+    return (
+        "is not an image input; allowed: an https/http URL, a Runware image UUID, a data URI "
+        "(data:image/…;base64,…), base64, or a local image file (.png .jpg .jpeg .webp .bmp .gif)"
+    )
+
+
+def _base64_image_problem(text: str) -> str | None:
+    """None when base64 text starts with an image's bytes; else why not."""
+    head = "".join(text[:64].split())[:32]
+    try:
+        data = base64.b64decode(head[: len(head) // 4 * 4], validate=True)
+    except ValueError:
+        return "is not valid base64"
+    if image_signature(data) is None:
+        return "is base64 of something that is not a PNG, JPEG, WEBP, GIF or BMP image"
+    return None

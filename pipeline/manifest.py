@@ -27,6 +27,7 @@ from typing import Any, Protocol, cast
 import pandas as pd
 
 from pipeline import images, journal
+from pipeline.errors import PipelineError
 
 TIMESTAMP = "datetime64[ms, UTC]"  # submitted_at / finished_at: UTC, millisecond precision
 # Low-cardinality text is categorical; where the values are known, every frame has the same
@@ -409,8 +410,15 @@ def write(df: pd.DataFrame, run_dir: Path) -> tuple[Path, Path]:
     parquet, csv = run_dir / PARQUET_NAME, run_dir / CSV_NAME
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
-    images.write_atomic(parquet, buf.getvalue())
-    images.write_atomic(csv, csv_frame(df).to_csv(index=False).encode("utf-8"))
+    try:
+        images.write_atomic(parquet, buf.getvalue())
+        images.write_atomic(csv, csv_frame(df).to_csv(index=False).encode("utf-8"))
+    except OSError as exc:  # a full disk, a quota, a read-only folder
+        raise PipelineError(
+            f"cannot write the manifest in {run_dir}: {exc.strerror or exc}; every result is "
+            "kept in journal.jsonl and the store: free space and rerun the same command "
+            "(nothing is paid twice)"
+        ) from exc
     return parquet, csv
 
 

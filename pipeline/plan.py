@@ -30,6 +30,10 @@ class HasCells(Protocol):
         """Whether the cell is finished and stored."""
         ...
 
+    def count(self) -> int:
+        """How many cells are stored (of any sweep): at most this many cells are free."""
+        ...
+
 
 @dataclass
 class Plan:
@@ -82,8 +86,15 @@ def make_plan(
     shard: tuple[int, int] = (0, 1),
     out_dir: Path | None = None,
     backend: str | None = None,
+    cell_count: int | None = None,
 ) -> Plan:
-    """Validate, shard, price and look up every cell in one streaming pass; write plan.parquet."""
+    """Validate, shard, price and look up every cell in one streaming pass; write plan.parquet.
+
+    With `cell_count` (the sweep's size, from its shape), a sweep that is over the budget even at
+    the cheapest price, with as many cells free as the store holds, is refused before the pass.
+    """
+    if cell_count is not None:
+        check_least_cost(cell_count, price_table, budget_usd, store)
     string_axes: set[str] = set()
     while True:
         try:
@@ -274,6 +285,37 @@ def check_budget(plan: Plan) -> None:
             f"the plan's estimate{whole} {usd(estimate)} is over the budget "
             f"{usd(budget)}; nothing was sent. Raise it with budget.max_usd="
             f"{_round_up(estimate)}, or shrink the sweep (sample, fewer seeds)."
+        )
+
+
+def least_price(table: dict[str, Any]) -> float:
+    """The lowest price of one image in the price table (0 when it has none)."""
+    prices = [
+        float(v)
+        for model in (table.get("models") or {}).values()
+        if isinstance(model, dict)
+        for v in model.values()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    return max(min(prices), 0.0) if prices else 0.0
+
+
+def check_least_cost(
+    cells: int, table: dict[str, Any], budget_usd: float, store: HasCells | None
+) -> None:
+    """Refuse at once a sweep whose least possible cost is over the budget (no expansion)."""
+    price = least_price(table)
+    if cells * price <= budget_usd + 1e-9:
+        return
+    stored = store.count() if store is not None and hasattr(store, "count") else 0
+    least = max(cells - stored, 0) * price
+    if least > budget_usd + 1e-9:
+        free = f", {stored:,} of them at most from the store" if stored else ""
+        raise BudgetExceeded(
+            f"the plan's estimate of at least {usd(least)} ({cells:,} cells at {usd(price)} or "
+            f"more each{free}) is over the budget {usd(budget_usd)}; nothing was sent. Raise it "
+            f"with budget.max_usd={_round_up(least)} or more, or shrink the sweep (sample, "
+            "fewer seeds)."
         )
 
 

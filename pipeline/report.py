@@ -1206,6 +1206,13 @@ def report_job(cfg: Mapping[str, Any], now: datetime | None = None) -> int:
     paths = parse_run_dirs(cfg.get("run_dir"))
     data = load(paths)
     out_dir = output_dir(paths, options.out_dir, now)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the report to {out_dir}: {exc.strerror or exc}; set report.out_dir "
+            "to a folder that can be made and written"
+        ) from exc
     tables = make_tables(data)
     print(describe(data), flush=True)
     print(format_tables(tables, data, options.print_rows), flush=True)

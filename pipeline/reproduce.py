@@ -17,9 +17,11 @@ Each cell is re-issued as it was planned (`plan.parquet`, or the recipe's `cell_
 reference files are uploaded again; when one no longer exists (or changed), the copy the run
 uploaded is sent instead (a Runware image UUID, kept about 30 days), and a note says so. The seed
 is the recorded one and the cell id must come out the same (a mismatch is a bug and stops here).
-The requests go through krea-run's plan → budget → runner with an empty, throw-away store, so an
-image is never served from the store (it would be compared with itself); the journal, the budget
-and recovery by taskUUID still protect the money.
+The requests go through krea-run's plan → budget → runner with the store's reproductions area
+(`reproductions`) in place of the store, so an image is never served from krea-run's store (it
+would be compared with itself) and a reproduction is never answered by the recorded task; the
+journal, the budget and recovery by taskUUID still protect the money, and a stopped reproduction
+run again takes what it finished from that area instead of paying twice.
 
 An image is `identical` when sha256 of the API bytes (`images.strip_recipe` of the new file)
 equals the recorded `image_sha256`; otherwise `different`, measured by the mean absolute pixel
@@ -60,6 +62,7 @@ from pipeline.store import Store
 from pipeline.sweep import Cell, cell_id_of, is_local_file
 
 REPORT_NAME = "reproduce.csv"
+REPRODUCTIONS_DIR = "reproductions"
 IMAGE_PREFIXES = ("image:", "image=")
 RESULTS = ("identical", "different", "failed")
 _CELL_ID_RE = re.compile(r"[0-9a-f]{20}\Z")
@@ -114,6 +117,7 @@ class Selection:
     source: str
     notes: list[str]
     dirs: list[Path]  # the recorded run dirs (a reproduction must not write into one)
+    originals: frozenset[str] = frozenset()  # taskUUIDs of the recorded tasks
 
 
 @dataclass(frozen=True)
@@ -236,9 +240,9 @@ def _from_images(paths: Sequence[Path]) -> Selection:
     name = ""
     for path in paths:
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise SelectError(f"image {path}: {exc.strerror or exc}") from exc
+            data = images.read_reference(path, image=False)  # a FIFO or device is never read
+        except ValueError as exc:
+            raise SelectError(f"image {path}: {exc}") from exc
         recipe = images.read_recipe(data)
         if recipe is None:
             raise SelectError(
@@ -272,7 +276,10 @@ def _from_images(paths: Sequence[Path]) -> Selection:
         name = name or str(recipe.get("sweep") or "")
     source = ", ".join(shown(p) for p in paths)
     dirs = [p.parent.parent for p in paths if _is_run(p.parent.parent)]
-    return Selection(list(cells.values()), list(targets.values()), [], name, source, [], dirs)
+    originals = frozenset(_task_of(c.sent) for c in cells.values()) - {""}
+    return Selection(
+        list(cells.values()), list(targets.values()), [], name, source, [], dirs, originals
+    )
 
 
 def read_runs(run_dir: Path) -> tuple[pd.DataFrame, dict[str, dict[str, Any]], list[str], str]:
@@ -406,7 +413,16 @@ def _from_run(sel: Select) -> Selection:
             )
         )
     dirs = [Path(d) for d in dict.fromkeys(frame["_dir"])]
-    return Selection(list(cells.values()), targets, axis_names, name, where, notes, dirs)
+    tasks: list[Any] = list(frame["task_uuid"].dropna()) if "task_uuid" in frame.columns else []
+    originals = frozenset(str(t) for t in tasks) | {_task_of(c.sent) for c in cells.values()}
+    return Selection(
+        list(cells.values()), targets, axis_names, name, where, notes, dirs, originals - {""}
+    )
+
+
+def _task_of(request: dict[str, Any]) -> str:
+    task = request.get("taskUUID")
+    return task if isinstance(task, str) else ""
 
 
 def _query(frame: pd.DataFrame, query: str, where: str) -> pd.DataFrame:
@@ -575,13 +591,24 @@ def _size(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 
 
-def compare(targets: Sequence[Target], run_dir: Path) -> list[Comparison]:
-    """Each recorded image against its reproduction in `run_dir` (its manifest and files)."""
+def compare(
+    targets: Sequence[Target], run_dir: Path, originals: frozenset[str] = frozenset()
+) -> list[Comparison]:
+    """Each recorded image against its reproduction in `run_dir` (its manifest and files).
+
+    A row answered by one of the `originals` (a recorded task) is no reproduction: `failed`.
+    """
     frame = manifest.read(run_dir) if (run_dir / manifest.PARQUET_NAME).exists() else None
     new: dict[tuple[str, int], dict[str, Any]] = {}
     errors: dict[str, str] = {}
     for row in [] if frame is None else _records(frame):
-        if row["status"] in _IMAGE_STATUSES and _py(row["image_path"]):
+        task = _py(row.get("task_uuid"))
+        if task is not None and str(task) in originals:
+            errors[str(row["cell_id"])] = (
+                f"answered by the recorded task {task} itself, not by a new one: "
+                "no reproduction (rerun to reproduce it)"
+            )
+        elif row["status"] in _IMAGE_STATUSES and _py(row["image_path"]):
             new[str(row["cell_id"]), int(row["result_index"])] = row
         elif row["status"] == "failed":
             errors[str(row["cell_id"])] = f"{row['error_code']}: {row['error_message']}"
@@ -685,10 +712,11 @@ def reproduce_job(cfg: dict[str, Any], ctx: JobContext) -> int:
         print(f"note       {note}", flush=True)
     price_table = cfg.get("pricing") or {}
     source = Source(selection.name or "reproduce", selection.axis_names)
-    # A reproduction is never served a stored image, but it shares the store's submit intents,
-    # so a killed reproduction that is run again recovers its tasks instead of paying twice.
     where = settings.store_location(cfg)
-    store = Store(where.root / api.backend, serve=False)
+    store = reproductions(where.root, api.backend)
+    originals = selection.originals | {_task_of(r.sent) for r in selection.cells}
+    for note in _prepare_area(store, cells, originals - {""}, api.backend):
+        print(f"note       {note}", flush=True)
     plan = make_plan(
         lambda: cells,
         price_table=price_table,
@@ -712,14 +740,59 @@ def reproduce_job(cfg: dict[str, Any], ctx: JobContext) -> int:
         price_table=price_table,
         run_dir=ctx.run_dir,
     )
-    rows = compare(selection.targets, ctx.run_dir)
+    rows = compare(selection.targets, ctx.run_dir, originals - {""})
     report = ctx.run_dir / REPORT_NAME
     images.write_atomic(report, comparison_frame(rows).to_csv(index=False).encode("utf-8"))
     print(format_table(rows), flush=True)
     print(f"written    {shown(report)}", flush=True)
     if code in (2, 130):
         return code
+    if all(r.result != "failed" for r in rows):
+        # Every reproduction came back and is reported: the next krea-reproduce asks the API anew.
+        for cell in cells:
+            store.remove(cell.cell_id)
+            store.clear_intent(cell.cell_id)  # settled: its task must not answer a later one
     return 0 if all(r.result == "identical" for r in rows) else 1
+
+
+def reproductions(store_root: Path, backend: str) -> Store:
+    """The store's reproductions area for one backend: never read by krea-run.
+
+    `<store.dir>/<backend>/reproductions/` keeps finished reproductions (by cell_id) and the
+    submit intents of reproductions, apart from krea-run's cells and intents: a stopped
+    krea-reproduce run again takes the reproductions it had finished from here and recovers its
+    tasks in flight by taskUUID, so nothing is paid twice; a reproduction never sees a krea-run
+    intent (whose task would be the original). A krea-reproduce that gets every image back
+    removes its cells from here, so a later one asks the API again.
+    """
+    return Store(store_root / backend / REPRODUCTIONS_DIR)
+
+
+def _prepare_area(
+    store: Store, cells: Sequence[Cell], originals: frozenset[str], backend: str
+) -> list[str]:
+    """Drop what in the area is an original task; notes on what an earlier run finished."""
+    notes: list[str] = []
+    earlier = 0
+    for cell in cells:
+        if store.intent(cell.cell_id) in originals:
+            store.clear_intent(cell.cell_id)
+            notes.append(f"cell {cell.cell_id}: a submit intent named the recorded task; dropped")
+        stored = store.get(cell.cell_id, backend=backend)
+        if stored is None:
+            continue
+        tasks = {str(i.get("task_uuid")) for i in stored.record.get("images") or []}
+        if tasks & originals:
+            store.remove(cell.cell_id)
+            notes.append(f"cell {cell.cell_id}: a kept reproduction was the recorded task; dropped")
+        else:
+            earlier += 1
+    if earlier:
+        notes.append(
+            f"{earlier} cell(s) were reproduced by an earlier krea-reproduce that stopped; their "
+            "images are taken from it (paid once, not again)"
+        )
+    return notes
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="reproduce")

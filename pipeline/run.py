@@ -20,7 +20,7 @@ from pipeline.plan import Plan, check_budget, format_plan, in_shard, make_plan
 from pipeline.pricing import usd
 from pipeline.schema import validate_cells
 from pipeline.store import Store
-from pipeline.sweep import Cell, Sweep, expand, load_sweep
+from pipeline.sweep import Cell, Sweep, count_cells, expand, load_sweep
 
 if TYPE_CHECKING:
     from pipeline.runner import SweepInfo
@@ -64,6 +64,7 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
         shard=shard,
         out_dir=ctx.run_dir,
         backend=api.backend,
+        cell_count=count_cells(sweep),  # an over-budget sweep is refused before it is expanded
     )
     stop = gate(plan, api, dry_run=dry_run, confirm=cfg.get("confirm") is not False, store=where)
     if stop is not None:

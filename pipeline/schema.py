@@ -17,8 +17,9 @@ from typing import Any
 import jsonschema
 
 from pipeline.errors import ValidationFailed
+from pipeline.images import image_input_problem
 from pipeline.resources import SCHEMA_DIR
-from pipeline.sweep import Cell, canonical_json
+from pipeline.sweep import Cell, canonical_json, is_local_file
 
 REQUEST_SCHEMA_PATH = SCHEMA_DIR / "krea-2-large.request.json"
 # Placeholders for the per-attempt fields the client adds at send time.
@@ -134,7 +135,27 @@ def _shape_problems(shape_json: str) -> tuple[tuple[str, str], ...]:
         if error.validator == "anyOf" and not error.absolute_path and own_size_error:
             continue  # width or height is already reported on its own
         found.append(describe(error))
-    return tuple(found)
+    return tuple(found) + tuple(_image_input_problems(task))
+
+
+def _image_input_problems(task: dict[str, Any]) -> list[tuple[str, str]]:
+    """Reference images that are neither a local file nor something Runware takes as an image."""
+    inputs = task.get("inputs")
+    refs = inputs.get("referenceImages") if isinstance(inputs, dict) else None
+    found: list[tuple[str, str]] = []
+    for i, ref in enumerate(refs if isinstance(refs, list) else []):
+        value, path = ref, f"inputs.referenceImages[{i}]"
+        if isinstance(ref, dict):
+            value, path = ref.get("image"), path + ".image"
+        if isinstance(value, str) and value and not is_local_file(value):
+            why = image_input_problem(value)
+            if why:
+                found.append((path, f"{_clip(value)} {why}"))
+    return found
+
+
+def _clip(value: str) -> str:
+    return repr(value if len(value) <= 60 else value[:57] + "...")
 
 
 @dataclass

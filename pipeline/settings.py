@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -184,13 +185,7 @@ def api_key(api: ApiSettings, environ: dict[str, str] | None = None) -> str:
     env = dict(os.environ) if environ is None else environ
     key, source = "", api.key_env
     if api.key_file:
-        try:
-            key, source = (
-                Path(api.key_file).expanduser().read_text(),
-                f"api.key_file {api.key_file}",
-            )
-        except OSError as exc:
-            raise ConfigError(f"cannot read api.key_file {api.key_file}: {exc.strerror}") from exc
+        key, source = _read_key_file(api.key_file), f"api.key_file {api.key_file}"
     if not key.strip():
         key, source = env.get(api.key_env, ""), api.key_env
     key = key.strip()
@@ -205,6 +200,34 @@ def api_key(api: ApiSettings, environ: dict[str, str] | None = None) -> str:
         f"api=runware needs an API key: set {api.key_env} in the environment "
         "(or api.key_file), or use api=emulator to run offline"
     )
+
+
+def _read_key_file(name: str, limit: int = 4096) -> str:
+    """A key file's text (never shown): a small UTF-8 regular file, checked before any read."""
+    path = Path(name).expanduser()
+    not_regular = ConfigError(f"api.key_file {name} is not a regular file (a FIFO or device?)")
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device is never opened
+            raise not_regular
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise ConfigError(f"cannot read api.key_file {name}: {exc.strerror}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise not_regular
+        data = os.read(fd, limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read api.key_file {name}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError(f"api.key_file {name} is over {limit} bytes: not a key file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"api.key_file {name} is not UTF-8 text (a key is plain ASCII); fix it"
+        ) from None
 
 
 def runner_settings(cfg: dict[str, Any]) -> RunnerSettings:

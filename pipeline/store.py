@@ -17,6 +17,11 @@ taskUUID instead of paying for the cell again after a crash.
 
 Temp dirs left by a crashed writer are never read; they are removed when their writer is known to
 be dead (same host, pid gone) or when older than `stale_after_s`.
+
+A damaged cell (record.json missing, unreadable or of the wrong shape, or an image file gone) is
+reported once on stderr and moved whole to `<root>/.damaged/`, so it never blocks a run again.
+When its record names a taskUUID, an intent is left for it: the next run recovers that task by
+its taskUUID (free while the server keeps it) before it would pay for the cell again.
 """
 
 from __future__ import annotations
@@ -29,17 +34,25 @@ import re
 import secrets
 import shutil
 import socket
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import ConfigError
+
 RECORD_NAME = "record.json"
 TMP_DIR = ".tmp"
 INTENTS_DIR = ".intents"
+DAMAGED_DIR = ".damaged"
 _CELL_ID_RE = re.compile(r"^[A-Za-z0-9_-]{2,128}$")
 _EXT_RE = re.compile(r"^[A-Za-z0-9]{1,8}$")
+_UUID_RE = re.compile(
+    r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\Z"
+)
+_TASK_RE = re.compile(rb'"task_uuid"\s*:\s*"([0-9A-Fa-f-]{36})"')
 _HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
 
 
@@ -67,6 +80,56 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _record_problem(record: Any, path: Path) -> str:
+    """What is wrong with a stored record and its files ("" when it is whole)."""
+    if not isinstance(record, dict):
+        return f"{RECORD_NAME} is not a JSON object"
+    files, entries = record.get("files"), record.get("images")
+    if not isinstance(files, list) or not isinstance(entries, list) or len(files) != len(entries):
+        return f"{RECORD_NAME} lists no images or files"
+    for name, entry in zip(files, entries, strict=True):
+        if (
+            not isinstance(name, str)
+            or not isinstance(entry, dict)
+            or not isinstance(entry.get("result_index"), int)
+            or not isinstance(entry.get("ext"), str)
+        ):
+            return f"{RECORD_NAME} has a malformed image entry"
+        if os.sep in name or name.startswith("."):
+            return f"{RECORD_NAME} names a file outside the cell: {name!r}"
+        if not os.path.isfile(path / name):
+            return f"the stored image {name} is missing"
+    return ""
+
+
+def _task_on_record(path: Path, raw: bytes) -> str | None:
+    """The taskUUID a damaged cell still names: in its record, else in an image's recipe."""
+    found = _TASK_RE.search(raw)
+    if found:
+        return found[1].decode()
+    from pipeline.images import read_recipe  # only for a damaged cell
+
+    with contextlib.suppress(OSError):
+        for entry in sorted(os.scandir(path), key=lambda e: e.name):
+            if entry.name == RECORD_NAME or not entry.is_file(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                recipe = read_recipe(entry.path)
+                request = recipe.get("request") if recipe else None
+                task = request.get("taskUUID") if isinstance(request, dict) else None
+                if isinstance(task, str) and _UUID_RE.match(task):
+                    return task
+    return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -87,18 +150,27 @@ class Store:
         fsync: bool = True,
         stale_after_s: float = 24 * 3600.0,
         serve: bool = True,
+        report: Callable[[str], None] | None = None,
     ) -> None:
         """Use (and create) `root`; remove temp dirs of writers that are certainly gone.
 
-        `serve=False` (krea-reproduce): finished cells are never served (`has`/`get` miss), while
-        submit intents and new cells are shared like any run's.
+        `serve=False`: finished cells are never served (`has`/`get` miss), while submit intents
+        and new cells are shared like any run's. `report` gets one line per damaged cell set
+        aside (default: stderr).
         """
         self.root = Path(root)
         self.fsync = fsync
         self.serve = serve
         self.stale_after_s = stale_after_s
+        self.report = report or _to_stderr
+        self._reported: set[str] = set()  # damaged cells that could not be moved aside
         self._tmp = self.root / TMP_DIR
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            self._tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"store.dir: cannot use {self.root} for the store: {_reason(exc)}"
+            ) from exc
         self.clean_temp()
 
     def cell_dir(self, cell_id: str) -> Path:
@@ -107,26 +179,84 @@ class Store:
 
     def has(self, cell_id: str, *, backend: str | None = None) -> bool:
         """Whether the cell is stored (and, if `backend` is given, was made by that backend)."""
-        if not self.serve:
-            return False
-        if backend is not None:
-            return self.get(cell_id, backend=backend) is not None
-        return os.path.exists(os.path.join(self.cell_dir(cell_id), RECORD_NAME))
+        return self.get(cell_id, backend=backend) is not None  # a damaged cell is not stored
 
     def get(self, cell_id: str, *, backend: str | None = None) -> StoredCell | None:
         """The stored cell, or None (also when `backend` is given and differs)."""
         if not self.serve:
             return None
         path = self.cell_dir(cell_id)
+        raw = b""
         try:
             with open(os.path.join(path, RECORD_NAME), "rb") as fh:
-                record = json.loads(fh.read())
+                raw = fh.read()
+            record = json.loads(raw)
+            why = _record_problem(record, path)
         except FileNotFoundError:
+            if not os.path.isdir(path):
+                return None
+            why = f"{RECORD_NAME} is missing"
+        except OSError as exc:
+            why = f"{RECORD_NAME} cannot be read ({_reason(exc)})"
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            why = f"{RECORD_NAME} is not readable JSON ({type(exc).__name__}: {exc})"
+        if why:
+            self._set_aside(cell_id, path, why, raw)
             return None
         if backend is not None and record.get("backend") != backend:
             return None
-        files = record.get("files") or []
-        return StoredCell(cell_id, path, record, [path / name for name in files])
+        return StoredCell(cell_id, path, record, [path / name for name in record["files"]])
+
+    def _set_aside(self, cell_id: str, path: Path, why: str, raw: bytes) -> None:
+        """Move a damaged cell to .damaged/, report it once, leave an intent for its task."""
+        task_uuid = _task_on_record(path, raw)
+        folder = self.root / DAMAGED_DIR
+        dest = folder / f"{cell_id}~{time.strftime('%Y%m%dT%H%M%S')}~{secrets.token_hex(3)}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            os.rename(path, dest)
+        except FileNotFoundError:
+            return  # another run set it aside first (and reported it)
+        except OSError as exc:
+            if cell_id not in self._reported:  # it stays in place: say so once per process
+                self._reported.add(cell_id)
+                self.report(
+                    f"store: cell {cell_id} is damaged ({why}) and cannot be moved aside "
+                    f"({_reason(exc)}); it is treated as not stored"
+                )
+            dest = path
+        if task_uuid and self.intent(cell_id) is None:
+            with contextlib.suppress(OSError):
+                self.claim_intent(cell_id, task_uuid)
+        then = (
+            f"its task {task_uuid} is recovered by taskUUID before anything is paid again"
+            if task_uuid
+            else "no taskUUID is on record, so the cell is run again"
+        )
+        if dest != path:
+            self.report(f"store: cell {cell_id} was damaged ({why}); set aside in {dest}; {then}")
+
+    def remove(self, cell_id: str) -> bool:
+        """Take a finished cell out of the store (atomically: whole or not at all)."""
+        tmp = self._tmp / f"{_check_id(cell_id)}~{_HOST}~{os.getpid()}~{secrets.token_hex(4)}"
+        try:
+            os.rename(self.cell_dir(cell_id), tmp)
+        except FileNotFoundError:
+            return False
+        shutil.rmtree(tmp, ignore_errors=True)
+        return True
+
+    def count(self) -> int:
+        """How many cells are stored (cell folders, without reading them)."""
+        total = 0
+        try:
+            shelves = [e for e in os.scandir(self.root) if len(e.name) == 2 and e.is_dir()]
+        except OSError:
+            return 0
+        for shelf in shelves:
+            with contextlib.suppress(OSError):
+                total += sum(1 for e in os.scandir(shelf.path) if _CELL_ID_RE.match(e.name))
+        return total
 
     def put(
         self, cell_id: str, record: dict[str, Any], images: Sequence[tuple[bytes | Path, str]]
@@ -219,9 +349,26 @@ class Store:
     def intent(self, cell_id: str) -> str | None:
         """The taskUUID of an earlier submit of this cell that never reached the store, if any."""
         try:
-            return (self.root / INTENTS_DIR / _check_id(cell_id)).read_text().strip() or None
+            with open(self.root / INTENTS_DIR / _check_id(cell_id), "rb") as fh:
+                text = fh.read(256).decode("ascii").strip()
         except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        if not _UUID_RE.match(text):  # a damaged intent names no task: keep it, but out of the way
+            self._set_aside_intent(cell_id)
+            return None
+        return text
+
+    def _set_aside_intent(self, cell_id: str) -> None:
+        folder = self.root / DAMAGED_DIR
+        with contextlib.suppress(OSError):
+            folder.mkdir(parents=True, exist_ok=True)
+            os.rename(
+                self.root / INTENTS_DIR / cell_id,
+                folder / f"intent-{cell_id}~{secrets.token_hex(3)}",
+            )
+            self.report(f"store: the submit intent of cell {cell_id} was damaged; set aside")
 
     def clear_intent(self, cell_id: str) -> None:
         """Forget the intent of a cell (it is stored, or its task failed for good)."""

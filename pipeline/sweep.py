@@ -68,6 +68,7 @@ from typing import Any
 import jsonschema
 
 from pipeline.errors import ConfigError
+from pipeline.images import read_reference
 from pipeline.resources import SCHEMA_DIR
 
 SCHEMA_PATH = SCHEMA_DIR / "sweep.schema.json"
@@ -86,11 +87,14 @@ PER_ATTEMPT_FIELDS: frozenset[str] = frozenset(
 SEED_MAX = 2**63 - 1
 DERIVED_SEED_RANGE = 2**32  # derived seeds stay in Runware's own default range (uint32)
 CELL_ID_LENGTH = 20
+MAX_CELLS = 1_000_000  # cells one sweep may expand to (counted from its shape, before expanding)
+_ENUMERATE_LIMIT = 2_000_000  # product cells up to which many excludes are counted one by one
 
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 _UUID_RE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
 )
+_SCHEME_RE = re.compile(r"[a-z][a-z0-9+.-]*://")
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _NAME_RE = re.compile(_NAME + r"\Z")
 _PATH_RE = re.compile(rf"{_NAME}(?:\[\d+\])*(?:\.{_NAME}(?:\[\d+\])*)*\Z")
@@ -205,7 +209,7 @@ def is_local_file(value: str) -> bool:
     if not isinstance(value, str) or len(value) >= 1024 or _UUID_RE.match(value):
         return False
     low = value.lower()
-    if low.startswith(("http://", "https://", "data:")):
+    if low.startswith("data:") or _SCHEME_RE.match(low):  # a URL of any scheme is no file
         return False
     return low.endswith(_IMAGE_EXTENSIONS)
 
@@ -222,6 +226,8 @@ def cell_id_of(request: dict[str, Any], base_dir: Path | None = None) -> str:
             return "sha256:" + file_sha256(path)
         except OSError as exc:
             raise ConfigError(f"reference image {value!r} ({path}): {_os_reason(exc)}") from exc
+        except ValueError as exc:
+            raise ConfigError(f"reference image {value!r} ({path}) {exc}") from exc
 
     return _digest(canonical_json(_id_view(request, lookup)))
 
@@ -230,13 +236,16 @@ _HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def file_sha256(path: str) -> str:
-    """Hex sha256 of a file's bytes, cached per (path, mtime, size)."""
+    """Hex sha256 of a reference image file, cached per (path, mtime, size).
+
+    OSError: the file is not there; ValueError: it cannot be a reference image (not a regular
+    file, empty, too large, or not an image by its first bytes; see images.read_reference).
+    """
     st = os.stat(path)
     key = (path, st.st_mtime_ns, st.st_size)
     digest = _HASHES.get(key)
     if digest is None:
-        with open(path, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        digest = hashlib.sha256(read_reference(path)).hexdigest()
         _HASHES[key] = digest
     return digest
 
@@ -626,6 +635,9 @@ class _Loader:
                 self.local[path] = "sha256:" + file_sha256(path)
             except OSError as exc:
                 self.problem(f"{where}: reference image {value!r} ({path}): {_os_reason(exc)}")
+                self.local[path] = "sha256:" + "0" * 64
+            except ValueError as exc:
+                self.problem(f"{where}: reference image {value!r} ({path}) {exc}")
                 self.local[path] = "sha256:" + "0" * 64
         return path
 
@@ -1034,6 +1046,11 @@ def _load_base(loader: _Loader, raw: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the program
 
 
+def _live_templates(templates: dict[str, _Template | str]) -> dict[str, _Template | str]:
+    """The prompts that `fill` must rewrite (a template, or text with `{{`/`}}` unescaped)."""
+    return {k: v for k, v in templates.items() if v != k}
+
+
 class _Program:
     """Everything `expand` needs, precomputed once per sweep."""
 
@@ -1057,7 +1074,7 @@ class _Program:
         self.seeds = seeds
         self.master = master
         self.sizes = [len(d[0].values) for d in dims] + ([len(seeds)] if seeds is not None else [])
-        self.templates = {k: v for k, v in templates.items() if v != k}
+        self.templates = _live_templates(templates)
         self.local = local
         self.written: dict[str, str] = {}
         self.extra_axes = extra_axes
@@ -1367,6 +1384,11 @@ def load_sweep(spec: dict[str, Any], base_dir: Path) -> Sweep:
     if not isinstance(spec, dict):
         raise ConfigError(f"a sweep must be a mapping of keys, got {_show(spec)}")
     loader = _Loader(Path(base_dir))
+    broken = _not_unicode(spec)
+    if broken:
+        raise ConfigError(
+            f"sweep: {len(broken)} problem(s) in the sweep file:\n" + "\n".join(broken)
+        )
     problems, bad = _schema_problems(spec)
     loader.problems.extend(problems)
 
@@ -1432,7 +1454,7 @@ def load_sweep(spec: dict[str, Any], base_dir: Path) -> Sweep:
     axis_names += [p for p in extra if p not in axis_names]
     program.extra_axes = [(p, parse_path(p)) for p in extra if p not in by_path]
     program.axis_names = axis_names
-    if not loader.problems:
+    if not loader.problems and _check_size(loader, program):
         _check_includes(loader, program)
         if program.survivors() == 0 and not includes:
             loader.problem("exclude removes every cell: the sweep has nothing to run")
@@ -1458,6 +1480,79 @@ def load_sweep(spec: dict[str, Any], base_dir: Path) -> Sweep:
         axis_names=axis_names,
         program=program,
     )
+
+
+def _not_unicode(value: Any, where: str = "", found: list[str] | None = None) -> list[str]:
+    """Texts (keys or values) that are not valid Unicode, e.g. a lone surrogate like \\ud800."""
+    found = [] if found is None else found
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = value[exc.start : exc.start + 1].encode("unicode_escape").decode()
+            found.append(
+                f"{where or 'a value'}: holds {bad} at character {exc.start}, which is not valid "
+                "Unicode text (a lone surrogate, or bytes that are not UTF-8); remove it"
+            )
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            key = str(k)
+            _not_unicode(key, f"{where}: key" if where else "a key", found)
+            _not_unicode(v, f"{where}.{key}" if where else key, found)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _not_unicode(v, f"{where}[{i}]", found)
+    return found
+
+
+def _check_size(loader: _Loader, program: _Program) -> bool:
+    """Refuse a sweep of more than MAX_CELLS cells, counted from its shape (never expanded)."""
+    product = program.product_size()
+    per_seed = len(program.seeds) if program.seeds is not None else 1
+    extra = sum(1 if inc.sets_seed else per_seed for inc in program.includes)
+    if len(program.exclude_sets) > _IE_LIMIT and product > _ENUMERATE_LIMIT:
+        # The exact count would walk the product; every entry removes at most its own cells.
+        removable = 0
+        for entry in program.exclude_sets:
+            size = 1
+            for d, n in enumerate(program.sizes):
+                size *= len(entry[d]) if d in entry else n
+            removable += size
+        least = max(product - removable, 0)
+        if program.sample is not None:
+            least = min(least, program.sample.n)
+        if least + extra <= MAX_CELLS:
+            loader.problem(
+                f"exclude: {len(program.exclude_sets)} entries over a product of {product:,} "
+                f"cells are too many to count; use at most {_IE_LIMIT} entries, or a smaller grid"
+            )
+            return False
+        total = least + extra
+    else:
+        total = program.survivors()
+        if program.sample is not None:
+            total = min(total, program.sample.n)
+        total += extra
+    if (
+        program.masks
+        and program.sample is not None
+        and product > _ENUMERATE_LIMIT
+        and program.sample.n < program.survivors()
+    ):
+        # Drawing from a product with holes walks it up to the last cell drawn.
+        loader.problem(
+            f"sample with exclude over a product of {product:,} cells cannot be drawn without "
+            f"walking it; with exclude, keep the product under {_ENUMERATE_LIMIT:,} cells "
+            "(or drop exclude)"
+        )
+        return False
+    if total > MAX_CELLS:
+        loader.problem(
+            f"the sweep has {total:,} cells (product of {product:,}); one run plans at most "
+            f"{MAX_CELLS:,}: use sample: {{n: N}}, fewer seeds or a smaller grid"
+        )
+        return False
+    return True
 
 
 def _check_templates(
@@ -1536,9 +1631,19 @@ def _load_exclude(
             key = _match_key(value)
             if path == "seed" and seeds is not None:
                 d = len(dims)
-                digits = frozenset(i for i, s in enumerate(seeds) if _match_key(s) == key)
-                if isinstance(seeds, range) and not digits and isinstance(value, int):
-                    digits = frozenset({value - seeds.start}) if value in seeds else frozenset()
+                if len(seeds) > _ENUMERATE_LIMIT:
+                    loader.problem(
+                        f"{where}: excluding by seed needs seeds.count ≤ {_ENUMERATE_LIMIT:,} "
+                        f"(it is {len(seeds):,}); drop the entry or use fewer seeds"
+                    )
+                    ok = False
+                    continue
+                if isinstance(seeds, range):  # {count, start}: never walked (it may be huge)
+                    number = _norm(value)
+                    ok_int = isinstance(number, int) and not isinstance(number, bool)
+                    digits = frozenset({number - seeds.start} if ok_int and number in seeds else ())
+                else:
+                    digits = frozenset(i for i, s in enumerate(seeds) if _match_key(s) == key)
             elif path in by_path:
                 axis = by_path[path]
                 d = dim_of[path]
@@ -1659,6 +1764,7 @@ def _load_includes(
                     extra.append(path)
         if not ok:
             continue
+        program.templates = _live_templates(loader.templates)  # this entry's own prompt, parsed
         assigns.sort(key=lambda item: len(item[0]))
         inc = _Include(
             where, tuple(assigns), variables, labels, "seed" in entry and entry["seed"] is not None

@@ -10,7 +10,15 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import BudgetExceeded, ConfigError
-from pipeline.plan import Plan, check_budget, format_plan, in_shard, make_plan
+from pipeline.plan import (
+    Plan,
+    check_budget,
+    check_least_cost,
+    format_plan,
+    in_shard,
+    least_price,
+    make_plan,
+)
 from pipeline.pricing import estimate, load_price_table
 from pipeline.sweep import Cell
 
@@ -36,6 +44,9 @@ def _cells(n: int = 10) -> list[Cell]:
 class FakeStore:
     def __init__(self, ids: Iterable[str]) -> None:
         self.ids = set(ids)
+
+    def count(self) -> int:
+        return len(self.ids)
 
     def has(self, cell_id: str, *, backend: str | None = None) -> bool:
         return cell_id in self.ids
@@ -188,3 +199,31 @@ def test_shards_share_the_budget_in_proportion_to_their_estimates(tmp_path: Path
                 shard=(0, 3),
             )
         )
+
+
+def test_the_least_cost_gate_counts_only_what_the_store_could_serve(tmp_path: Path) -> None:
+    assert least_price(TABLE) == 0.06
+    check_least_cost(100, TABLE, 6.0, None)  # 100 x $0.06 fits exactly
+    with pytest.raises(BudgetExceeded, match=r"at least \$6.06 \(101 cells"):
+        check_least_cost(101, TABLE, 6.0, None)
+    # 1,000 cells, 950 of which the store might serve: at least 50 x $0.06 = $3 still to pay
+    stored = FakeStore(f"{i:020x}" for i in range(950))
+    check_least_cost(1000, TABLE, 3.0, stored)
+    with pytest.raises(BudgetExceeded, match="950 of them at most from the store"):
+        check_least_cost(1000, TABLE, 2.99, stored)
+
+
+def test_make_plan_refuses_before_expanding_when_the_count_is_over_budget(tmp_path: Path) -> None:
+    def never() -> Iterable[Cell]:
+        raise AssertionError("the cells were expanded")
+
+    with pytest.raises(BudgetExceeded, match="at least"):
+        make_plan(
+            never,
+            price_table=TABLE,
+            axis_names=[],
+            budget_usd=1.0,
+            cell_count=10**6,
+            out_dir=tmp_path,
+        )
+    assert not (tmp_path / "plan.parquet").exists()

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import compose_config, run_cli
+from conftest import cli_env, compose_config, run_cli
 from PIL import Image
-from runs import read_manifest, run_sweep_inprocess, set_path
+from runs import charges_by_seed, ledger, read_manifest, run_sweep_inprocess, set_path
 
 from pipeline import images, manifest
 from pipeline.emulator import Emulator
@@ -23,6 +28,7 @@ from pipeline.reproduce import (
     REPORT_NAME,
     Recorded,
     Select,
+    compare,
     load_selection,
     parse_select,
     pixel_difference,
@@ -467,3 +473,128 @@ def test_rerunning_a_saved_hydra_config_gives_the_same_cells_seeds_and_ids(
     a = pd.read_parquet(isolated / "a" / "plan.parquet")[columns]
     b = pd.read_parquet(isolated / "b" / "plan.parquet")[columns]
     assert len(a) == 3 and a.equals(b)
+
+
+# ---------------------------------------------------------------- issue 11 items 1 and 2
+
+
+def test_a_stopped_reproduction_run_again_elsewhere_pays_nothing_twice(
+    isolated: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Was: the rerun got a new run dir and paid again for every reproduction already finished.
+    run = _original(isolated, emulator)
+    ids = _ids(read_manifest(run))
+    with Emulator(0, credits=0.13) as poor:  # enough for one two-image cell: then 402 stops it
+        code, _ = _reproduce(poor, isolated / "rep1", f"run_dir={run}", f"select={ids}")
+        first = len(poor.ledger_entries())
+    assert code == 2 and 0 < first < 6
+    capsys.readouterr()
+    # A kill between storing a reproduction and dropping its intent leaves both behind.
+    area = isolated / "outputs" / ".store" / "emulator" / "reproductions"
+    (area / ".intents").mkdir(exist_ok=True)
+    for record in area.glob("??/*/record.json"):
+        task = json.loads(record.read_text())["images"][0]["task_uuid"]
+        (area / ".intents" / record.parent.name).write_text(task)
+    with Emulator(0) as rich:
+        code, report = _reproduce(rich, isolated / "rep2", f"run_dir={run}", f"select={ids}")
+        second = len(rich.ledger_entries())
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert first + second == 6  # every image reproduced exactly once over the two runs
+        assert "reproduced by an earlier krea-reproduce that stopped" in out
+        assert report is not None and set(report["result"]) == {"identical"} and len(report) == 6
+        new = read_manifest(isolated / "rep2")
+        assert (new["status"] == "cached").sum() == first
+        # the finished reproduction was reported in full: a later one asks the API again, and is
+        # not answered by a task of an earlier reproduction either
+        assert not list(area.glob("??/*")) and not list((area / ".intents").glob("*"))
+        code, _ = _reproduce(rich, isolated / "rep3", f"run_dir={run}", f"select={ids}")
+        assert code == 0 and len(rich.ledger_entries()) == second + 6
+
+
+@pytest.mark.parametrize("where", ["krea-run intents", "reproductions intents"])
+def test_a_leftover_intent_naming_the_stored_task_never_answers_a_reproduction(
+    isolated: Path, emulator: Emulator, where: str
+) -> None:
+    # Was: with such an intent krea-reproduce billed nothing, got the original task back and
+    # reported "identical".
+    run = _original(isolated, emulator)
+    original = read_manifest(run)
+    folder = isolated / "outputs" / ".store" / "emulator"
+    if where == "reproductions intents":
+        folder = folder / "reproductions"
+    (folder / ".intents").mkdir(parents=True, exist_ok=True)
+    for cell_id, task in original.groupby("cell_id")["task_uuid"].first().items():
+        (folder / ".intents" / str(cell_id)).write_text(str(task))
+    before = len(emulator.ledger_entries())
+
+    code, report = _reproduce(
+        emulator, isolated / "rep", f"run_dir={run}", f"select={_ids(original)}"
+    )
+
+    assert code == 0 and report is not None and set(report["result"]) == {"identical"}
+    assert len(emulator.ledger_entries()) - before == 6  # each image really made again
+    new = read_manifest(isolated / "rep")
+    assert not set(new["task_uuid"]) & set(original["task_uuid"])
+
+
+def test_a_row_answered_by_the_recorded_task_is_reported_failed(
+    isolated: Path, emulator: Emulator
+) -> None:
+    run = _original(isolated, emulator)
+    frame = read_manifest(run)
+    targets = load_selection(parse_select(_ids(frame).strip("[]").split(","), None, run)).targets
+    rows = compare(targets, run, frozenset(frame["task_uuid"]))  # the run compared with itself
+    assert rows and all(r.result == "failed" for r in rows)
+    assert all("answered by the recorded task" in r.note for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_the_same_reproduce_command_run_again_after_a_stop_pays_each_image_once(
+    tmp_path: Path, standalone_emulator: Any, stop: signal.Signals
+) -> None:
+    # issue 11 item 1, from its steps: stop krea-reproduce, rerun the same command (a new
+    # outputs/reproduce/<ts>): the reproductions already finished are not paid again.
+    cells = 16
+    first = run_cli(
+        "run", "sweep=seed_study", f"sweep.seeds.count={cells}", "hydra.run.dir=orig", cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    url, ledger_path = standalone_emulator(0.4)
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.reproduce",
+        "run_dir=orig",
+        'select="seed >= 0"',
+        "api=emulator",
+        f"api.base_url={url}",
+        "runner.concurrency=2",
+        "runner.progress=none",
+    ]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while len(ledger(ledger_path)) < cells // 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(stop)
+    proc.communicate(timeout=60)
+    assert proc.returncode == (130 if stop == signal.SIGINT else -signal.SIGKILL)
+    time.sleep(1.1)  # the rerun gets its own outputs/reproduce/<timestamp>
+    again = subprocess.run(
+        command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{cells} identical, 0 different, 0 failed" in again.stdout
+    assert len(list((tmp_path / "outputs" / "reproduce").iterdir())) == 2
+    charges = charges_by_seed(ledger_path)
+    assert len(charges) == cells and set(charges.values()) == {1}, charges
+
+
+def test_an_image_that_is_a_fifo_is_refused_not_read(isolated: Path) -> None:
+    os.mkfifo(isolated / "fifo.png")  # was a hang: the recipe was read with a blocking open
+    with pytest.raises(SelectError, match=r"fifo.png: is not a regular file \(a FIFO\)"):
+        load_selection(parse_select(None, str(isolated / "fifo.png")))

@@ -274,3 +274,96 @@ def test_record_is_plain_json(tmp_path: Path) -> None:
     s.put(cid, _record(cid, [b"x"]), [(b"x", "webp")])
     raw = json.loads((s.cell_dir(cid) / RECORD_NAME).read_text())
     assert raw["files"] == ["0.webp"] and raw["cell_id"] == cid
+
+
+# ---------------------------------------------------------------- damaged entries (issue 11 item 7)
+
+
+def _damage_run(workdir: Path, emu: Any, name: str, capsys: pytest.CaptureFixture[str]) -> str:
+    from runs import run_sweep_inprocess, seed_sweep
+
+    edits = {
+        "api.backend": "emulator",
+        "api.base_url": emu.base_url,
+        "store.dir": str(workdir / "store"),
+    }
+    code = run_sweep_inprocess(workdir, seed_sweep(4), workdir / name, **edits)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    return err
+
+
+def test_a_damaged_entry_is_reported_once_set_aside_and_recovered_not_repaid(
+    isolated: Path, emulator: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runs import read_manifest
+
+    _damage_run(isolated, emulator, "first", capsys)
+    paid = len(emulator.ledger_entries())
+    assert paid == 4
+    root = isolated / "store" / "emulator"
+    cells = sorted(p for p in root.glob("??/*") if (p / RECORD_NAME).is_file())
+    assert len(cells) == 4
+    truncated, no_image, empty = cells[0], cells[1], cells[2]
+    record = (truncated / RECORD_NAME).read_bytes()
+    (truncated / RECORD_NAME).write_bytes(record[: len(record) // 3])  # JSONDecodeError before
+    for image in no_image.glob("0.*"):
+        image.unlink()  # FileNotFoundError before
+    (empty / RECORD_NAME).write_bytes(b"")
+
+    err = _damage_run(isolated, emulator, "second", capsys)
+    lines = [ln for ln in err.splitlines() if "was damaged" in ln]
+    assert len(lines) == 3, err
+    assert all("recovered by taskUUID" in ln for ln in lines), err
+    assert any("not readable JSON" in ln for ln in lines)
+    assert any("stored image 0." in ln and "is missing" in ln for ln in lines)
+    # each damaged cell came back by its taskUUID: nothing was paid again
+    assert len(emulator.ledger_entries()) == paid
+    frame = read_manifest(isolated / "second")
+    assert len(frame) == 4 and set(frame["status"]) <= {"ok", "cached"}
+    assert len(list((root / ".damaged").iterdir())) == 3
+
+    err = _damage_run(isolated, emulator, "third", capsys)
+    assert "damaged" not in err  # reported once; the recovered cells are whole again
+    assert set(read_manifest(isolated / "third")["status"]) == {"cached"}
+    assert len(emulator.ledger_entries()) == paid
+
+
+def test_a_damaged_entry_with_no_task_on_record_is_run_again(tmp_path: Path) -> None:
+    lines: list[str] = []
+    store = Store(tmp_path, report=lines.append)
+    cell = store.cell_dir("c" * 20)
+    cell.mkdir(parents=True)
+    (cell / RECORD_NAME).write_bytes(b'{"images": [{"result_ind')
+    assert store.get("c" * 20) is None and store.intent("c" * 20) is None
+    assert len(lines) == 1 and "no taskUUID is on record, so the cell is run again" in lines[0]
+    assert not cell.exists() and store.get("c" * 20) is None and len(lines) == 1
+
+
+def test_a_damaged_intent_is_set_aside(tmp_path: Path) -> None:
+    lines: list[str] = []
+    store = Store(tmp_path, report=lines.append)
+    (tmp_path / ".intents").mkdir()
+    (tmp_path / ".intents" / ("d" * 20)).write_bytes(b"\xff\xfe garbage")
+    assert store.intent("d" * 20) is None and len(lines) == 1
+    assert store.claim_intent("d" * 20, "5b0c3f1e-8d2a-4c7e-9f10-123456789abc")
+
+
+def test_store_dir_under_a_file_is_one_clear_error(tmp_path: Path) -> None:
+    from pipeline.errors import ConfigError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"store.dir: cannot use .*file/s.*Not a directory"):
+        Store(tmp_path / "file" / "s")
+
+
+def test_a_damaged_entry_that_cannot_be_moved_is_reported_once(tmp_path: Path) -> None:
+    lines: list[str] = []
+    store = Store(tmp_path, report=lines.append)
+    cell = store.cell_dir("e" * 20)
+    cell.mkdir(parents=True)
+    (cell / RECORD_NAME).write_bytes(b"{")
+    (tmp_path / ".damaged").write_text("a file where the folder should be")
+    assert store.get("e" * 20) is None and store.get("e" * 20) is None
+    assert not store.has("e" * 20)
+    assert len(lines) == 1 and "cannot be moved aside" in lines[0]

@@ -610,14 +610,14 @@ def test_a_million_cells_stream_in_bounded_memory(where: Path) -> None:
 
 def test_count_cells_does_not_need_expansion(where: Path) -> None:
     spec = _spec(
-        grid={f"vars.v{i}": [f"x{j}" for j in range(20)] for i in range(5)},
+        grid={f"vars.v{i}": [f"x{j}" for j in range(20)] for i in range(4)},
         exclude=[{"vars.v0": "x0"}, {"vars.v1": "x1", "vars.v2": "x2"}],
         include=[{"numberResults": 2}],
         seeds=[1, 2],
-        vars={f"v{i}": "default" for i in range(5)},
+        vars={f"v{i}": "default" for i in range(4)},
     )
-    spec["base"]["positivePrompt"] = " ".join(f"{{v{i}}}" for i in range(5))
-    n = 20**5 * 2
+    spec["base"]["positivePrompt"] = " ".join(f"{{v{i}}}" for i in range(4))
+    n = 20**4 * 2  # 320,000 product cells: under MAX_CELLS, never expanded here
     expected = n - n // 20 - n // 400 + n // 8000 + 2
     assert count_cells(load_sweep(spec, where)) == expected
 
@@ -681,3 +681,23 @@ def test_sweep_schema_rejects_unknown_keys() -> None:
     assert not validator.is_valid({"name": "x", "base": {}, "zip": [{"width": [1], "h": 3}]})
     described = sweep_schema()["properties"]
     assert all(sub.get("description") for sub in described.values())
+
+
+def test_an_include_with_its_own_prompt_template_is_rendered(where: Path) -> None:
+    # issue 11 item 3: `a {style} castle` and `literal {{braces}} here` were sent as written
+    sweep = _load(
+        where,
+        include=[
+            {"positivePrompt": "a {style} castle"},
+            {"positivePrompt": "literal {{braces}} here"},
+            {"positivePrompt": "a {style} tower", "vars.style": "ink"},
+        ],
+    )
+    prompts = [c.request["positivePrompt"] for c in expand(sweep)]
+    assert prompts == [
+        "a lighthouse, film grain",
+        "a film grain castle",
+        "literal {braces} here",
+        "a ink tower",
+    ]
+    assert all("{" not in p or p == "literal {braces} here" for p in prompts)
