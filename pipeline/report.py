@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from pipeline import charts, journal, manifest, sheets
+from pipeline import charts, explorer, journal, manifest, sheets
 from pipeline.entry import CONF_DIR, console, report_errors, to_plain
 from pipeline.errors import ConfigError
 
@@ -92,6 +92,9 @@ class ReportOptions:
     embed_max_mb: float = 4.0
     out_dir: Path | None = None
     print_rows: int = 20
+    explorer: bool = True
+    explorer_thumb_px: int = 320
+    thumb_workers: int = 0
 
 
 def parse_options(section: Mapping[str, Any] | None) -> ReportOptions:
@@ -140,6 +143,9 @@ def parse_options(section: Mapping[str, Any] | None) -> ReportOptions:
         embed_max_mb=float(embed),
         out_dir=Path(out) if out else None,
         print_rows=integer("print_rows", 20, 1),
+        explorer=flag("explorer", True),
+        explorer_thumb_px=integer("explorer_thumb_px", 320, 16),
+        thumb_workers=integer("thumb_workers", 0, 0),
     )
 
 
@@ -1088,8 +1094,9 @@ def html_page(
     *,
     generated: str,
     notes: Sequence[str] = (),
+    explorer_html: str = "",
 ) -> str:
-    """The self-contained report page (no scripts, no external URLs; user text escaped)."""
+    """The report page: no external URLs, user text escaped; scripts only for the explorer."""
     by_axis = [t for t in tables if t.key is not None]
     named = {t.name: t for t in tables}
     title = "krea-report · " + ", ".join(data.runs)
@@ -1106,14 +1113,18 @@ def html_page(
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_esc(title)}</title><style>{CSS}</style></head><body><main>",
+        f"<title>{_esc(title)}</title><style>{CSS}</style>",
+        explorer.SCRIPTS[0] if explorer_html else "",
+        "</head><body><main>",
         f"<h1>{_esc(title)}</h1>",
         "".join(f'<p class="meta">{_esc(m)}</p>' for m in meta),
         "".join(f'<p class="note">{_esc(n)}</p>' for n in notes),
-        '<nav><a href="#totals">totals</a><a href="#cost">billed vs estimated</a>'
+        "<nav>" + ('<a href="#explorer">explorer</a>' if explorer_html else ""),
+        '<a href="#totals">totals</a><a href="#cost">billed vs estimated</a>'
         '<a href="#plots">plots</a><a href="#axes">by axis</a><a href="#failures">failures</a>'
         '<a href="#prompts">prompts</a><a href="#sheets">contact sheets</a></nav>',
         _cards(tables, data),
+        explorer_html,
         '<h2 id="totals">Totals</h2>',
         _table_html(named["totals"], data),
         '<h2 id="cost">Billed vs estimated</h2>',
@@ -1149,7 +1160,9 @@ def html_page(
         )
     parts += [
         f'<h2 id="files">Files</h2><p class="note">{csv_links}</p>',
-        "</main></body></html>",
+        "</main>",
+        "".join(explorer.SCRIPTS[1:]) if explorer_html else "",
+        "</body></html>",
     ]
     return "\n".join(parts) + "\n"
 
@@ -1234,6 +1247,19 @@ def report_job(cfg: Mapping[str, Any], now: datetime | None = None) -> int:
             )
         if options.filter and not layouts:
             notes.append(f"report.filter {options.filter!r} matched no rows: no contact sheets")
+    shown = None
+    if options.html and options.explorer:
+        shown = explorer.write(
+            sheet_frame(data),
+            data.axes,
+            data.runs,
+            out_dir,
+            explorer.ExplorerOptions(options.explorer_thumb_px, options.thumb_workers),
+            rows=options.rows,
+            cols=options.cols,
+        )
+        if shown.thumbs_failed:
+            notes.append(f"{shown.thumbs_failed} image(s) could not be read for thumbnails")
     for note in notes:
         print(f"note     {note}", flush=True)
     if options.html:
@@ -1244,11 +1270,17 @@ def report_job(cfg: Mapping[str, Any], now: datetime | None = None) -> int:
             plots(data, tables),
             generated=now.strftime("%Y-%m-%d %H:%M:%S"),
             notes=notes,
+            explorer_html=shown.html if shown else "",
         )
         (out_dir / INDEX_NAME).write_text(page, encoding="utf-8")
     what = [f"{len(written)} CSV", f"{len(files)} sheet(s)"]
     if options.html:
         what.append(INDEX_NAME)
+    if shown:
+        what.append(
+            f"explorer: {shown.tiles} tiles, thumbnails {shown.thumbs_made} made, "
+            f"{shown.thumbs_reused} reused"
+        )
     print(f"wrote    {out_dir}  ({', '.join(what)})", flush=True)
     return 0
 
