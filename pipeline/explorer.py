@@ -183,8 +183,9 @@ def make_thumbs(jobs: Sequence[tuple[Path, Path]], px: int, workers: int) -> tup
 
     Returns (made, reused, failed).
     """
-    todo = [(s, d) for s, d in dict(jobs).items() if not d.is_file()]
-    reused = len(dict(jobs)) - len(todo)
+    unique = {d: s for s, d in jobs}  # the same image in two runs: one thumbnail
+    todo = [(s, d) for d, s in unique.items() if not d.is_file()]
+    reused = len(unique) - len(todo)
     if not todo:
         return 0, reused, 0
     n = workers or os.cpu_count() or 2

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import re
@@ -1186,7 +1185,7 @@ def sheet_frame(data: ReportData) -> pd.DataFrame:
 
 
 def write_sheets(
-    layouts: Sequence[sheets.SheetLayout], out_dir: Path, embed_max_mb: float
+    layouts: Sequence[sheets.SheetLayout], out_dir: Path, embed_max_mb: float, workers: int = 0
 ) -> list[SheetFile]:
     """Render each layout to `sheets/sheet-NNN.png` (old sheets there are removed first)."""
     folder = out_dir / SHEETS_DIR
@@ -1195,10 +1194,7 @@ def write_sheets(
         old.unlink()
     files = []
     budget = TOTAL_EMBED_MB * 2**20
-    for i, layout in enumerate(layouts, 1):
-        buf = io.BytesIO()
-        sheets.render(layout).save(buf, format="PNG", optimize=True)
-        png = buf.getvalue()
+    for i, (layout, png) in enumerate(zip(layouts, sheets.pngs(layouts, workers), strict=True), 1):
         rel = Path(SHEETS_DIR) / f"sheet-{i:03d}.png"
         (out_dir / rel).write_bytes(png)
         uri = None
@@ -1239,7 +1235,7 @@ def report_job(cfg: Mapping[str, Any], now: datetime | None = None) -> int:
             compare=data.compare,
         )
         layouts, skipped = sheets.contact_sheets(sheet_frame(data), data.axes, sheet_options)
-        files = write_sheets(layouts, out_dir, options.embed_max_mb)
+        files = write_sheets(layouts, out_dir, options.embed_max_mb, options.thumb_workers)
         if skipped:
             notes.append(
                 f"{skipped} more sheet(s) not drawn (report.max_sheets={options.max_sheets}); "

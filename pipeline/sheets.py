@@ -14,9 +14,12 @@ in the hidden `_run_dir` column (or to the current folder when it is absent).
 
 from __future__ import annotations
 
+import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -916,3 +919,25 @@ def render(layout: SheetLayout) -> Image.Image:
     for t in layout.texts:
         _draw_text(draw, t)
     return canvas
+
+
+def png(layout: SheetLayout) -> bytes:
+    """The sheet as PNG bytes (zlib level 3: level 9 takes 15× longer for ~15% less)."""
+    buf = io.BytesIO()
+    render(layout).save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def pngs(layouts: Sequence[SheetLayout], workers: int = 0) -> Iterator[bytes]:
+    """Each sheet as PNG bytes, in order, drawn and encoded by `workers` threads (0: per CPU)."""
+    n = max(1, min(len(layouts), workers or os.cpu_count() or 2))
+    if n == 1:
+        yield from (png(layout) for layout in layouts)
+        return
+    with ThreadPoolExecutor(max_workers=n) as pool:  # Pillow releases the GIL to decode/encode
+        pending = [pool.submit(png, layout) for layout in layouts[:n]]
+        for k in range(len(layouts)):
+            done = pending[k].result()
+            if k + n < len(layouts):
+                pending.append(pool.submit(png, layouts[k + n]))
+            yield done

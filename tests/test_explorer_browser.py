@@ -47,9 +47,7 @@ class Watched:
         self.requests: list[str] = []
         self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
         self.page = self.context.new_page()
-        self.page.on(
-            "console", lambda m: self.errors.append(m.text) if m.type == "error" else None
-        )
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
         self.page.on("dialog", lambda d: (self.errors.append(f"dialog: {d.message}"), d.dismiss()))
         self.page.route("**/*", self._route)
@@ -57,7 +55,7 @@ class Watched:
     def _route(self, route: Any) -> None:
         url = route.request.url
         self.requests.append(url)
-        if url.startswith(self.folder) or url.startswith("data:"):
+        if url.startswith((self.folder, "data:")):
             route.continue_()
         else:
             self.outside.append(url)

@@ -270,6 +270,8 @@
     var h = toolbar() + valuesPanel();
     h += '<p class="kx-count">' + shown.length.toLocaleString("en") + " of " + units.length.toLocaleString("en") + (COMPARE ? " cells (matched by cell_id across " + RUNS.length + " runs)" : " tiles") + " shown";
     if (state.overlay && lo <= hi) h += ' · <span class="kx-scale">' + esc(METRICS[state.overlay]) + ': <i style="background:' + heat(lo, lo, hi) + '"></i>' + esc(fmtMetric(lo)) + ' <i style="background:' + heat(hi, lo, hi) + '"></i>' + esc(fmtMetric(hi)) + "</span>";
+    if (COMPARE && state.cmp === "side") h += " · left to right: " + RUNS.map(esc).join(" | ");
+    if (COMPARE && state.cmp === "slider") h += " · " + esc(RUNS[0]) + " over " + esc(RUNS[1]) + ", split by the slider";
     h += "</p>";
     notes.forEach(function (n) { h += '<p class="kx-note">' + esc(n) + "</p>"; });
     h += '<div class="kx-grids" style="--kx-zoom:' + zoom + "px;--kx-split:" + state.split + '%">';
