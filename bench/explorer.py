@@ -107,7 +107,7 @@ def page_times(out_dir: Path) -> dict[str, Any]:
         t1 = time.perf_counter()
         page.click("button[data-act=swap]")
         page.wait_for_function(
-            "document.querySelector('.kx-corner').textContent.startsWith('settings')"
+            "document.querySelector('.kx-corner span').textContent.startsWith('settings')"
         )
         swapped = time.perf_counter()
         page.locator(".kx-tile[data-status=ok]").first.click()

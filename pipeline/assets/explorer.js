@@ -280,7 +280,7 @@
       if (af >= 0) h += "<h3>" + esc(AX[af].name) + " = " + esc(AX[af].values[f]) + (AX[af].legend ? ' <span class="kx-muted">' + esc(AX[af].legend[f]) + "</span>" : "") + "</h3>";
       h += '<div class="kx-grid" style="grid-template-columns:' + (ay >= 0 ? "max-content " : "") + "repeat(" + xv.length + ', max-content)">';
       if (ax >= 0) {
-        if (ay >= 0) h += '<div class="kx-corner">' + esc(AX[ay].name) + " ↓ · " + esc(AX[ax].name) + " →</div>";
+        if (ay >= 0) h += '<div class="kx-corner" title="rows: ' + esc(AX[ay].name) + ", columns: " + esc(AX[ax].name) + '"><span>' + esc(AX[ay].name) + " ↓</span><span>" + esc(AX[ax].name) + " →</span></div>";
         xv.forEach(function (x) { h += '<div class="kx-colhead" title="' + esc(AX[ax].legend ? AX[ax].legend[x] : AX[ax].values[x]) + '">' + esc(AX[ax].values[x]) + "</div>"; });
       }
       yv.forEach(function (y) {
