@@ -760,8 +760,10 @@ def layout_sheet(spec: SheetSpec, thumb_px: int) -> SheetLayout:
     y = grid_top + nr * sh + (nr - 1) * GAP
     if spec.legend:
         y += GAP
+        several = len({axis for axis, _, _ in spec.legend}) > 1  # then each line names its axis
         for axis, short, full in spec.legend:
-            lines = wrap(f"{short} = {full}", size, width - 2 * PAD, 4)
+            shown = f"{axis} {short} = {full}" if several else f"{short} = {full}"
+            lines = wrap(shown, size, width - 2 * PAD, 4)
             box = Box(PAD, y, width - PAD, y + len(lines) * lh)
             texts.append(Text("legend", f"{axis} {short} = {full}", tuple(lines), box, size))
             y = box.bottom + 2

@@ -233,6 +233,9 @@
     return out + "</div>";
   }
 
+  function legendOf(a, v) {  // a list-valued axis: the value in words under its `#k`
+    return AX[a].legend ? '<span class="kx-legend">' + esc(AX[a].legend[v]) + "</span>" : "";
+  }
   function draw() {
     var ax = state.x ? axisIndex[state.x] : -1, ay = state.y ? axisIndex[state.y] : -1;
     var af = state.facet ? axisIndex[state.facet] : -1;
@@ -281,10 +284,10 @@
       h += '<div class="kx-grid" style="grid-template-columns:' + (ay >= 0 ? "max-content " : "") + "repeat(" + xv.length + ', max-content)">';
       if (ax >= 0) {
         if (ay >= 0) h += '<div class="kx-corner" title="rows: ' + esc(AX[ay].name) + ", columns: " + esc(AX[ax].name) + '"><span>' + esc(AX[ay].name) + " ↓</span><span>" + esc(AX[ax].name) + " →</span></div>";
-        xv.forEach(function (x) { h += '<div class="kx-colhead" title="' + esc(AX[ax].legend ? AX[ax].legend[x] : AX[ax].values[x]) + '">' + esc(AX[ax].values[x]) + "</div>"; });
+        xv.forEach(function (x) { h += '<div class="kx-colhead" title="' + esc(AX[ax].legend ? AX[ax].legend[x] : AX[ax].values[x]) + '">' + esc(AX[ax].values[x]) + legendOf(ax, x) + "</div>"; });
       }
       yv.forEach(function (y) {
-        if (ay >= 0) h += '<div class="kx-rowhead" title="' + esc(AX[ay].legend ? AX[ay].legend[y] : AX[ay].values[y]) + '">' + esc(AX[ay].values[y]) + "</div>";
+        if (ay >= 0) h += '<div class="kx-rowhead" title="' + esc(AX[ay].legend ? AX[ay].legend[y] : AX[ay].values[y]) + '">' + esc(AX[ay].values[y]) + legendOf(ay, y) + "</div>";
         xv.forEach(function (x) {
           var key = (af < 0 ? "" : f) + "|" + (ay < 0 ? "" : y) + "|" + (ax < 0 ? "" : x);
           var list = buckets[key];
