@@ -63,6 +63,7 @@ class ExplorerFiles:
     thumbs_reused: int
     thumbs_failed: int
     html: str
+    previews: dict[Path, Path]  # image file → its thumbnail (for the contact sheets)
 
 
 # --- axes ----------------------------------------------------------------------------------------
@@ -387,4 +388,5 @@ def write(
         text = _js(f"window.KREA_DETAIL=window.KREA_DETAIL||{{}};KREA_DETAIL[{i}]=", chunk)
         (detail_dir / f"detail-{i:03d}.js").write_text(text, encoding="utf-8")
     html = SECTION.replace("{tiles}", str(len(data["tiles"]["cell"])))
-    return ExplorerFiles(len(data["tiles"]["cell"]), made, reused, failed, html)
+    previews = {s: d for s, d in thumb_jobs if d.is_file()}
+    return ExplorerFiles(len(data["tiles"]["cell"]), made, reused, failed, html, previews)

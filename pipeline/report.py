@@ -1185,7 +1185,11 @@ def sheet_frame(data: ReportData) -> pd.DataFrame:
 
 
 def write_sheets(
-    layouts: Sequence[sheets.SheetLayout], out_dir: Path, embed_max_mb: float, workers: int = 0
+    layouts: Sequence[sheets.SheetLayout],
+    out_dir: Path,
+    embed_max_mb: float,
+    workers: int = 0,
+    previews: Mapping[Path, Path] | None = None,
 ) -> list[SheetFile]:
     """Render each layout to `sheets/sheet-NNN.png` (old sheets there are removed first)."""
     folder = out_dir / SHEETS_DIR
@@ -1194,7 +1198,9 @@ def write_sheets(
         old.unlink()
     files = []
     budget = TOTAL_EMBED_MB * 2**20
-    for i, (layout, png) in enumerate(zip(layouts, sheets.pngs(layouts, workers), strict=True), 1):
+    for i, (layout, png) in enumerate(
+        zip(layouts, sheets.pngs(layouts, workers, previews), strict=True), 1
+    ):
         rel = Path(SHEETS_DIR) / f"sheet-{i:03d}.png"
         (out_dir / rel).write_bytes(png)
         uri = None
@@ -1221,6 +1227,19 @@ def report_job(cfg: Mapping[str, Any], now: datetime | None = None) -> int:
     written = write_tables(tables, out_dir)
     notes: list[str] = []
     files: list[SheetFile] = []
+    shown = None
+    if options.html and options.explorer:
+        shown = explorer.write(
+            sheet_frame(data),
+            data.axes,
+            data.runs,
+            out_dir,
+            explorer.ExplorerOptions(options.explorer_thumb_px, options.thumb_workers),
+            rows=options.rows,
+            cols=options.cols,
+        )
+        if shown.thumbs_failed:
+            notes.append(f"{shown.thumbs_failed} image(s) could not be read for thumbnails")
     if options.sheets:
         heading = data.runs[0] if len(data.runs) == 1 else "all runs"
         sheet_options = sheets.SheetOptions(
@@ -1235,7 +1254,12 @@ def report_job(cfg: Mapping[str, Any], now: datetime | None = None) -> int:
             compare=data.compare,
         )
         layouts, skipped = sheets.contact_sheets(sheet_frame(data), data.axes, sheet_options)
-        files = write_sheets(layouts, out_dir, options.embed_max_mb, options.thumb_workers)
+        previews = None  # the explorer's thumbnails, when big enough, are drawn on the sheets
+        if shown is not None and options.explorer_thumb_px >= options.thumb_px:
+            previews = shown.previews
+        files = write_sheets(
+            layouts, out_dir, options.embed_max_mb, options.thumb_workers, previews
+        )
         if skipped:
             notes.append(
                 f"{skipped} more sheet(s) not drawn (report.max_sheets={options.max_sheets}); "
@@ -1243,19 +1267,6 @@ def report_job(cfg: Mapping[str, Any], now: datetime | None = None) -> int:
             )
         if options.filter and not layouts:
             notes.append(f"report.filter {options.filter!r} matched no rows: no contact sheets")
-    shown = None
-    if options.html and options.explorer:
-        shown = explorer.write(
-            sheet_frame(data),
-            data.axes,
-            data.runs,
-            out_dir,
-            explorer.ExplorerOptions(options.explorer_thumb_px, options.thumb_workers),
-            rows=options.rows,
-            cols=options.cols,
-        )
-        if shown.thumbs_failed:
-            notes.append(f"{shown.thumbs_failed} image(s) could not be read for thumbnails")
     for note in notes:
         print(f"note     {note}", flush=True)
     if options.html:

@@ -762,8 +762,8 @@ def layout_sheet(spec: SheetSpec, thumb_px: int) -> SheetLayout:
         y += GAP
         several = len({axis for axis, _, _ in spec.legend}) > 1  # then each line names its axis
         for axis, short, full in spec.legend:
-            shown = f"{axis} {short} = {full}" if several else f"{short} = {full}"
-            lines = wrap(shown, size, width - 2 * PAD, 4)
+            entry = f"{axis} {short} = {full}" if several else f"{short} = {full}"
+            lines = wrap(entry, size, width - 2 * PAD, 4)
             box = Box(PAD, y, width - PAD, y + len(lines) * lh)
             texts.append(Text("legend", f"{axis} {short} = {full}", tuple(lines), box, size))
             y = box.bottom + 2
@@ -905,8 +905,8 @@ def _draw_text(draw: ImageDraw.ImageDraw, t: Text) -> None:
         y += lh
 
 
-def render(layout: SheetLayout) -> Image.Image:
-    """The sheet as an RGB image."""
+def render(layout: SheetLayout, previews: Mapping[Path, Path] | None = None) -> Image.Image:
+    """The sheet as an RGB image; `previews` maps an image to a smaller copy drawn instead."""
     canvas = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for slot in layout.slots:
@@ -916,30 +916,35 @@ def render(layout: SheetLayout) -> Image.Image:
         if slot.state == "failed":
             draw.rectangle(rect, outline=FAILED_EDGE)
         for path, tile in zip(slot.cell.images, tile_boxes(b, len(slot.cell.images)), strict=False):
-            if not _paste_fit(canvas, path, tile):
+            source = previews.get(path, path) if previews else path
+            if not _paste_fit(canvas, source, tile) and not (
+                source != path and _paste_fit(canvas, path, tile)
+            ):
                 draw.rectangle((tile.left, tile.top, tile.right - 1, tile.bottom - 1), MISSING_BG)
     for t in layout.texts:
         _draw_text(draw, t)
     return canvas
 
 
-def png(layout: SheetLayout) -> bytes:
+def png(layout: SheetLayout, previews: Mapping[Path, Path] | None = None) -> bytes:
     """The sheet as PNG bytes (zlib level 3: level 9 takes 15× longer for ~15% less)."""
     buf = io.BytesIO()
-    render(layout).save(buf, format="PNG", compress_level=3)
+    render(layout, previews).save(buf, format="PNG", compress_level=3)
     return buf.getvalue()
 
 
-def pngs(layouts: Sequence[SheetLayout], workers: int = 0) -> Iterator[bytes]:
+def pngs(
+    layouts: Sequence[SheetLayout], workers: int = 0, previews: Mapping[Path, Path] | None = None
+) -> Iterator[bytes]:
     """Each sheet as PNG bytes, in order, drawn and encoded by `workers` threads (0: per CPU)."""
     n = max(1, min(len(layouts), workers or os.cpu_count() or 2))
     if n == 1:
-        yield from (png(layout) for layout in layouts)
+        yield from (png(layout, previews) for layout in layouts)
         return
     with ThreadPoolExecutor(max_workers=n) as pool:  # Pillow releases the GIL to decode/encode
-        pending = [pool.submit(png, layout) for layout in layouts[:n]]
+        pending = [pool.submit(png, layout, previews) for layout in layouts[:n]]
         for k in range(len(layouts)):
             done = pending[k].result()
             if k + n < len(layouts):
-                pending.append(pool.submit(png, layouts[k + n]))
+                pending.append(pool.submit(png, layouts[k + n], previews))
             yield done

@@ -11,7 +11,17 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from test_report import AXES, COLORS, LEVELS, STYLES, make_row, make_run, sample_rows, write_plan
+from test_report import (
+    AXES,
+    COLORS,
+    LEVELS,
+    STYLES,
+    make_row,
+    make_run,
+    png_bytes,
+    sample_rows,
+    write_plan,
+)
 
 from pipeline import charts, report, sheets
 from pipeline.errors import ConfigError
@@ -399,3 +409,16 @@ def test_cumulative_cost_chart_reaches_the_total() -> None:
     assert max(hs) <= right_edge + 0.05 and min(vs) >= top - 0.05 and max(vs) <= base + 0.05
     labels = [float(v.replace(",", "")) for v in re.findall(r">\$([\d.,]+)<", svg)]
     assert max(labels) >= 2.21
+
+
+def test_sheets_draw_previews_when_given(tmp_path: Path) -> None:
+    layout = one_sheet(make_run(tmp_path / "run"), thumb_px=96)
+    ok = layout.slot(0, 1)
+    (path,) = ok.cell.images
+    preview = tmp_path / "preview.png"
+    preview.write_bytes(png_bytes((1, 2, 250), (64, 48)))
+    center = ((ok.box.left + ok.box.right) // 2, (ok.box.top + ok.box.bottom) // 2)
+    assert sheets.render(layout, {path: preview}).getpixel(center) == (1, 2, 250)
+    gone = {path: tmp_path / "missing.jpg"}  # an unreadable preview: the image itself is drawn
+    assert sheets.render(layout, gone).getpixel(center) in COLORS
+    assert sheets.render(layout).getpixel(center) in COLORS
