@@ -289,3 +289,17 @@ def test_screenshot_of_the_explorer(tmp_path: Path, watch: Any) -> None:
         colours = im.convert("RGB").resize((140, 100)).getcolors(maxcolors=100_000)
     assert colours is not None and len(colours) > 50  # tiles, labels and colours, not a blank
     assert LEVELS[0] in texts(page, ".kx-colhead")
+
+
+def test_a_crowded_cell_shows_its_first_tiles_and_a_more_button(tmp_path: Path, watch: Any) -> None:
+    axes = {"vars.style": "one", "settings.creativity": "low"}
+    rows = [make_row(i, axes=axes) for i in range(60)]
+    w = watch(report_of(make_run(tmp_path / "run", rows)))
+    page = w.open("#x=vars.style&y=settings.creativity")
+    assert page.locator(".kx-tile").count() == 48
+    assert page.locator(".kx-more").inner_text() == "+12 more"
+    assert "12 more behind" in page.locator(".kx-count").inner_text()
+    page.click(".kx-more")
+    assert page.locator(".kx-tile").count() == 60 and page.locator(".kx-more").count() == 0
+    seeds = page.eval_on_selector_all(".kx-tile", "els => els.map(e => e.dataset.seed)")
+    assert seeds == [str(1000 + i) for i in range(60)]  # in cell order, every seed once

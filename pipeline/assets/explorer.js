@@ -13,6 +13,8 @@
   var COMPARE = RUNS.length > 1;
   var STATUS = ["ok", "cached", "failed", "not run"];
   var ZOOM = 160, ZOOM_MIN = 48, ZOOM_MAX = 640;
+  var CELL_MAX = 48;  // tiles drawn per grid position until its "+N more" is clicked
+  var expanded = {};  // grid positions opened in full (this page only, not in the URL)
   var METRICS = { cost: "billed cost", latency: "latency", failed: "failure" };
   var axisIndex = {};
   AX.forEach(function (a, i) { axisIndex[a.name] = i; });
@@ -236,6 +238,17 @@
   function legendOf(a, v) {  // a list-valued axis: the value in words under its `#k`
     return AX[a].legend ? '<span class="kx-legend">' + esc(AX[a].legend[v]) + "</span>" : "";
   }
+  function countLine(n, lo, hi, capped) {
+    var h = "";
+    h += '<p class="kx-count">' + n.toLocaleString("en") + " of " + units.length.toLocaleString("en") + (COMPARE ? " cells (matched by cell_id across " + RUNS.length + " runs)" : " tiles") + " shown";
+    if (state.overlay && lo <= hi) h += ' · <span class="kx-scale">' + esc(METRICS[state.overlay]) + ': <i style="background:' + heat(lo, lo, hi) + '"></i>' + esc(fmtMetric(lo)) + ' <i style="background:' + heat(hi, lo, hi) + '"></i>' + esc(fmtMetric(hi)) + "</span>";
+    if (COMPARE && state.cmp === "side") h += " · left to right: " + RUNS.map(esc).join(" | ");
+    if (COMPARE && state.cmp === "slider") h += " · " + esc(RUNS[0]) + " over " + esc(RUNS[1]) + ", split by the slider";
+    if (capped) h += " · " + capped.toLocaleString("en") + " more behind the “+N more” of crowded cells";
+    h += "</p>";
+    notes.forEach(function (n) { h += '<p class="kx-note">' + esc(n) + "</p>"; });
+    return h;
+  }
   function draw() {
     var ax = state.x ? axisIndex[state.x] : -1, ay = state.y ? axisIndex[state.y] : -1;
     var af = state.facet ? axisIndex[state.facet] : -1;
@@ -270,13 +283,7 @@
       for (var t = 0; t < N; t++) { var m = metric(t); if (m !== null && m !== undefined) { lo = Math.min(lo, m); hi = Math.max(hi, m); } }
     }
     var zoom = state.zoom * (COMPARE && state.cmp === "side" ? RUNS.length : 1);
-    var h = toolbar() + valuesPanel();
-    h += '<p class="kx-count">' + shown.length.toLocaleString("en") + " of " + units.length.toLocaleString("en") + (COMPARE ? " cells (matched by cell_id across " + RUNS.length + " runs)" : " tiles") + " shown";
-    if (state.overlay && lo <= hi) h += ' · <span class="kx-scale">' + esc(METRICS[state.overlay]) + ': <i style="background:' + heat(lo, lo, hi) + '"></i>' + esc(fmtMetric(lo)) + ' <i style="background:' + heat(hi, lo, hi) + '"></i>' + esc(fmtMetric(hi)) + "</span>";
-    if (COMPARE && state.cmp === "side") h += " · left to right: " + RUNS.map(esc).join(" | ");
-    if (COMPARE && state.cmp === "slider") h += " · " + esc(RUNS[0]) + " over " + esc(RUNS[1]) + ", split by the slider";
-    h += "</p>";
-    notes.forEach(function (n) { h += '<p class="kx-note">' + esc(n) + "</p>"; });
+    var capped = 0, h = "";
     h += '<div class="kx-grids" style="--kx-zoom:' + zoom + "px;--kx-split:" + state.split + '%">';
     fv.forEach(function (f) {
       h += '<section class="kx-facet">';
@@ -308,12 +315,15 @@
             return p - q;
           });
           h += '<div class="kx-cell">';
+          var extra = expanded[key] ? 0 : Math.max(0, list.length - CELL_MAX);
+          if (extra) { list = list.slice(0, CELL_MAX); capped += extra; }
           list.forEach(function (u) {
             var k = units[u].first, bits = [];
             if (T.seed[k] !== null && state.x !== "seed" && state.y !== "seed" && state.facet !== "seed") bits.push("seed " + T.seed[k]);
             varying.forEach(function (a) { if (AX[a].name !== "seed") bits.push(valueOf(k, a)); });
             h += tileHtml(u, bits.join(" · "), lo, hi);
           });
+          if (extra) h += '<button type="button" class="kx-more" data-act="more" data-key="' + esc(key) + '">+' + extra.toLocaleString("en") + " more</button>";
           h += "</div>";
         });
       });
@@ -321,6 +331,8 @@
     });
     if (!shown.length) h += '<p class="kx-note">no tile matches: show some hidden values again</p>';
     h += "</div>";
+    var head = toolbar() + valuesPanel() + countLine(shown.length, lo, hi, capped);
+    h = head + h;
     var scrollY = window.scrollY;
     root.innerHTML = h;
     window.scrollTo(0, scrollY);
@@ -458,6 +470,7 @@
       var what = act.getAttribute("data-act");
       if (what === "swap") { var t = state.x; state.x = state.y; state.y = t; commit(); }
       else if (what === "reset") { state = fresh(); commit(); }
+      else if (what === "more") { expanded[act.getAttribute("data-key")] = 1; draw(); }
       else if (what === "up" || what === "down") move(act.getAttribute("data-axis"), parseInt(act.getAttribute("data-pos"), 10), what === "up" ? -1 : 1);
       return;
     }
