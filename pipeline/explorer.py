@@ -330,7 +330,9 @@ def explorer_data(
                     "task": _text(tasks[k]),
                     "finished": _text(finished[k]),
                     "run_dir": source_list[src_ix[k]],
-                    "reproduce": reproduce_command(Path(source_list[src_ix[k]]), cell_id),
+                    "reproduce": None  # not in the manifest: krea-run in the run dir finishes it
+                    if status[k] == sheets.NOT_RUN
+                    else reproduce_command(Path(source_list[src_ix[k]]), cell_id),
                 }
             )
         details.append(chunk)

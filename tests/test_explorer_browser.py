@@ -220,6 +220,11 @@ def test_click_a_tile_for_its_detail(tmp_path: Path, watch: Any) -> None:
     page.locator(".kx-detail:not([hidden])").wait_for()
     assert page.locator(".kx-error").inner_text() == "timeout: read timed out after 30 s"
     assert page.locator(".kx-billed").inner_text() == "—"
+    page.click(".kx-tile[data-cell-id='neverran']")
+    page.locator(".kx-detail[data-cell-id='neverran']").wait_for()
+    assert page.locator(".kx-status").inner_text() == "not run"
+    assert "not run yet" in page.locator(".kx-detail").inner_text()
+    assert page.locator(".kx-detail .kx-reproduce").count() == 0
 
 
 def test_overlay_colours_tiles_by_cost_latency_failure(tmp_path: Path, watch: Any) -> None:

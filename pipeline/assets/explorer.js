@@ -386,7 +386,8 @@
     if (d.finished) h += row("finished", esc(d.finished));
     h += row("run dir", "<code>" + esc(d.run_dir) + "</code>");
     h += "</table>";
-    h += '<p class="kx-h">reproduce <button type="button" data-act="copy">copy</button></p><pre class="kx-reproduce">' + esc(d.reproduce) + "</pre>";
+    if (d.reproduce) h += '<p class="kx-h">reproduce <button type="button" data-act="copy">copy</button></p><pre class="kx-reproduce">' + esc(d.reproduce) + "</pre>";
+    else h += '<p class="kx-h">not run yet</p><p class="kx-muted">run the same krea-run command again (its run dir is resumed) to finish this cell</p>';
     var req = d.request;
     try { req = JSON.stringify(JSON.parse(d.request), null, 2); } catch (e) { /* shown as recorded */ }
     h += '<p class="kx-h">request as sent</p><pre class="kx-request">' + esc(req || "—") + "</pre>";
