@@ -225,8 +225,8 @@ def explorer_rows(r: dict[str, Any], quick: bool) -> list[Row]:
     for size in r["sizes"]:
         n = size["images"]
         page = (
-            f"; page: grid drawn {size['page_ready_ms'] / 1000:.2f} s, swap axes "
-            f"{size['swap_ms'] / 1000:.2f} s, detail {size['detail_ms'] / 1000:.2f} s, "
+            f"; page: grid drawn {size['page_ready_ms'] / 1000:.2f} s, axes swapped in "
+            f"{size['swap_ms']} ms, detail panel {size['detail_ms']} ms, "
             f"{size['console_errors']} console errors, {size['outside_requests']} outside requests"
             if "page_ready_ms" in size
             else ""

@@ -6,7 +6,8 @@ For each size: a synthetic run dir (bench.report's manifest, five axes, ~3% fail
 each image a distinct 1024×1024 JPEG file) → `report_job` timed cold (thumbnails made) and again
 (thumbnails reused) → headless Chromium (Playwright, Debian's chromium) opens
 `index.html#x=settings.creativity&y=inputs.referenceImages[0].strength`: time to the explorer's
-first drawn grid, then to swap the axes, then to open a tile's detail panel.
+first drawn grid, the redraw after swapping the axes (in the page), and a click to a filled
+detail panel.
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def make_run(run_dir: Path, images: int) -> int:
 
 
 def page_times(out_dir: Path) -> dict[str, Any]:
-    """Chromium: ms to the first drawn grid, to swap axes, to open a detail panel."""
+    """Chromium: ms to the first drawn grid, to redraw with swapped axes, to open a detail panel.
+
+    The detail time is Playwright's click (its actionability checks included) to a filled panel.
+    """
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -104,11 +108,14 @@ def page_times(out_dir: Path) -> dict[str, Any]:
         page.wait_for_load_state("load", timeout=120_000)
         loaded = time.perf_counter()
         tiles = page.locator(".kx-tile").count()
-        t1 = time.perf_counter()
-        page.click("button[data-act=swap]")
-        page.wait_for_function(
-            "document.querySelector('.kx-corner span').textContent.startsWith('settings')"
-        )
+        swaps = [  # in the page: the redraw (script + style + layout), median of 3
+            page.evaluate(
+                "() => { const t = performance.now();"
+                " document.querySelector('button[data-act=swap]').click();"
+                " document.body.offsetHeight; return performance.now() - t; }"
+            )
+            for _ in range(3)
+        ]
         swapped = time.perf_counter()
         page.locator(".kx-tile[data-status=ok]").first.click()
         page.locator(".kx-detail:not([hidden]) .kx-reproduce").wait_for()
@@ -119,7 +126,7 @@ def page_times(out_dir: Path) -> dict[str, Any]:
         "tiles": tiles,
         "page_ready_ms": round((ready - t0) * 1000),
         "page_load_event_ms": round((loaded - t0) * 1000),
-        "swap_ms": round((swapped - t1) * 1000),
+        "swap_ms": round(sorted(swaps)[1]),
         "detail_ms": round((detail - swapped) * 1000),
         "js_heap_mb": round(heap / 2**20, 1),
         "console_errors": len(errors),
