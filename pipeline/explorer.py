@@ -198,8 +198,13 @@ def make_thumbs(jobs: Sequence[tuple[Path, Path]], px: int, workers: int) -> tup
 
 def link_full(src: Path, dst: Path) -> bool:
     """`dst` as a hard link to `src` (else a relative symlink); True when `dst` is there."""
-    if dst.exists():
-        return True
+    if dst.exists() or dst.is_symlink():
+        try:
+            if os.path.samefile(src, dst):
+                return True
+        except OSError:
+            pass
+        dst.unlink()  # an earlier report's link to another file: replaced
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)
@@ -211,6 +216,11 @@ def link_full(src: Path, dst: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def _dir_key(run_dir: Path) -> str:
+    """A short stable folder name for one run dir's linked images."""
+    return hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]
 
 
 def reproduce_command(run_dir: Path, cell_id: str) -> str:
@@ -279,7 +289,7 @@ def explorer_data(
                 key = thumb_key(path, _text(shas[k]))
                 t_rel = f"{THUMBS_DIR}/{key[:2]}/{key}-{thumbs_px}.jpg"
                 thumb_jobs.append((path, out_dir / t_rel))
-                f_rel = f"{FULL_DIR}/{src_ix[-1]}/{Path(str(rel)).name}"
+                f_rel = f"{FULL_DIR}/{_dir_key(src_dir)}/{Path(str(rel)).name}"
                 links.append((path, out_dir / f_rel))
                 thumb.append(t_rel)
                 full.append(f_rel)

@@ -207,3 +207,26 @@ def test_page_loads_only_files_of_the_report_folder(tmp_path: Path) -> None:
 def test_bad_explorer_options(section: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         report.parse_options(section)
+
+
+def test_full_images_are_linked_and_a_stale_link_is_replaced(tmp_path: Path) -> None:
+    a, b = make_run(tmp_path / "a"), make_run(tmp_path / "b")
+    (b / "images" / "cell0001-0.png").write_bytes((a / "images" / "cell0003-0.png").read_bytes())
+    out = tmp_path / "cmp"
+    for runs in ([a, b], [b, a]):  # the same folder, the runs in the other order
+        assert (
+            report.report_job({"run_dir": [str(r) for r in runs], "report": {"out_dir": str(out)}})
+            == 0
+        )
+        tiles = data_of(out)["tiles"]
+        for k, rel in enumerate(tiles["full"]):
+            if rel is None:
+                continue
+            source = runs[tiles["run"][k]] / "images" / Path(rel).name
+            assert (out / rel).read_bytes() == source.read_bytes()
+            assert (out / rel).stat().st_ino == source.stat().st_ino  # a hard link, not a copy
+    stale = next(p for p in (out / explorer.FULL_DIR).rglob("cell0001-0.png"))
+    stale.unlink()
+    stale.write_bytes(b"old")
+    report.report_job({"run_dir": [str(a), str(b)], "report": {"out_dir": str(out)}})
+    assert stale.read_bytes() != b"old"
