@@ -167,12 +167,15 @@
     h += '<button type="button" data-act="reset" title="the default view">reset</button></div>';
     return h;
   }
+  var LIST_MAX = 100;  // values listed per axis in the panel (the rest: through the URL)
   function valuesPanel() {
     var h = '<details class="kx-values"' + (valuesOpen ? " open" : "") + '><summary>values: hide, reorder</summary><div class="kx-axes">';
+    if (!valuesOpen) return h + "</div></details>";  // drawn when opened: 10,000 seeds are heavy
     AX.forEach(function (a, ai) {
       var hid = hiddenSet(ai), order = ordered(ai);
-      h += '<fieldset><legend>' + esc(a.name) + "</legend>";
-      order.forEach(function (vi, pos) {
+      h += '<fieldset><legend>' + esc(a.name) + " (" + a.values.length + ")</legend>";
+      if (order.length > LIST_MAX) h += '<p class="kx-muted">the first ' + LIST_MAX + " listed; hide others with hide." + esc(a.name) + "=… in the address</p>";
+      order.slice(0, LIST_MAX).forEach(function (vi, pos) {
         var v = a.values[vi], full = a.legend ? a.legend[vi] : v;
         h += '<div class="kx-val"><label title="' + esc(full) + '"><input type="checkbox" data-axis="' + esc(a.name) + '" data-val="' + esc(v) + '"' + (hid[vi] ? "" : " checked") + "> " + esc(v) + (a.legend ? ' <span class="kx-muted">' + esc(full) + "</span>" : "") + "</label>";
         h += '<button type="button" data-act="up" data-axis="' + esc(a.name) + '" data-pos="' + pos + '"' + (pos ? "" : " disabled") + ' title="earlier">▲</button>';
@@ -463,7 +466,10 @@
     }
   });
   root.addEventListener("toggle", function (e) {
-    if (e.target.classList && e.target.classList.contains("kx-values")) valuesOpen = e.target.open;
+    if (!(e.target.classList && e.target.classList.contains("kx-values"))) return;
+    if (valuesOpen === e.target.open) return;
+    valuesOpen = e.target.open;
+    if (valuesOpen) draw();  // its lists are drawn on demand
   }, true);
   root.addEventListener("click", function (e) {
     var act = e.target.closest("[data-act]");
