@@ -212,6 +212,10 @@ def test_click_a_tile_for_its_detail(tmp_path: Path, watch: Any) -> None:
     page.wait_for_function("document.querySelector('img.kx-full').naturalWidth > 0")
     assert full.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [64, 48]
     assert "cell=cell0001" in page.evaluate("location.hash")
+    page.keyboard.press("ArrowRight")  # the next tile of the grid, row by row: motion blur × medium
+    page.locator(".kx-detail[data-cell-id='cell0004']").wait_for()
+    page.keyboard.press("ArrowLeft")
+    page.locator(".kx-detail[data-cell-id='cell0001']").wait_for()
     page.keyboard.press("Escape")
     assert page.locator(".kx-detail").is_hidden()
     assert "cell=" not in page.evaluate("location.hash")

@@ -332,7 +332,8 @@
       });
       h += "</div></section>";
     });
-    if (!shown.length) h += '<p class="kx-note">no tile matches: show some hidden values again</p>';
+    if (!units.length) h += '<p class="kx-note">no images in this report yet</p>';
+    else if (!shown.length) h += '<p class="kx-note">no tile matches: show some hidden values again</p>';
     h += "</div>";
     var head = toolbar() + valuesPanel() + countLine(shown.length, lo, hi, capped);
     h = head + h;
@@ -406,7 +407,7 @@
       withDetail(k, function (d) {
         got[j] = d;
         if (got.filter(Boolean).length < parts.length) return;
-        var h = '<div class="kx-dhead"><b>cell ' + esc(cell) + '</b><button type="button" data-act="close" title="close (Esc)">✕</button></div>';
+        var h = '<div class="kx-dhead"><b>cell ' + esc(cell) + '</b><span class="kx-muted">← → next tile</span><button type="button" data-act="close" title="close (Esc)">✕</button></div>';
         var fulls = parts.filter(function (k2) { return T.full[k2]; });
         if (COMPARE && fulls.length === 2) {
           h += '<div class="kx-dslider" style="--kx-split:' + state.split + '%"><img src="' + esc(T.full[fulls[1]]) + '" alt=""><img class="kx-over" src="' + esc(T.full[fulls[0]]) + '" alt=""><span class="kx-split"></span></div>';
@@ -505,7 +506,16 @@
       if (box) box.style.setProperty("--kx-split", e.target.value + "%");
     }
   });
-  document.addEventListener("keydown", function (e) { if (e.key === "Escape" && !panel.hidden) closeDetail(); });
+  document.addEventListener("keydown", function (e) {
+    if (panel.hidden) return;
+    if (e.key === "Escape") closeDetail();
+    if (e.key !== "ArrowRight" && e.key !== "ArrowLeft") return;
+    if (e.target.tagName === "INPUT" || e.target.tagName === "SELECT") return;
+    var tiles = Array.prototype.slice.call(root.querySelectorAll(".kx-tile"));  // the grid's order
+    var at = tiles.map(function (t) { return t.getAttribute("data-cell-id"); }).indexOf(state.cell);
+    var next = tiles[at + (e.key === "ArrowRight" ? 1 : -1)];
+    if (next) { e.preventDefault(); openDetail(next.getAttribute("data-cell-id")); }
+  });
   window.addEventListener("hashchange", function () {
     if (location.hash.indexOf("=") < 0) return;  // a link to a section of the page, not a view
     state = parseHash();
