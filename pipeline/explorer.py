@@ -24,6 +24,7 @@ import shlex
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ class Axis:
 
 
 def _axis(name: str, series: pd.Series[Any]) -> Axis:
+    """One axis from its column: values in sheet order, `#k` + legend for lists and objects."""
     labels, order = sheets.axis_labels(series)
     short = sheets.short_labels(order)
     legend = None
@@ -132,22 +134,26 @@ def default_view(
 
 
 def _missing(v: Any) -> bool:
+    """Whether a cell value is missing (None, NA, NaT, NaN)."""
     if v is None or v is pd.NA or v is pd.NaT:
         return True
     return isinstance(v, float | np.floating) and math.isnan(float(v))
 
 
 def _num(v: Any, places: int = 9) -> float | None:
+    """A number for JSON (rounded), or None."""
     if _missing(v):
         return None
     return round(float(v), places)
 
 
 def _text(v: Any) -> str | None:
+    """Text for JSON, or None."""
     return None if _missing(v) else str(v)
 
 
 def _source(row_source: Any) -> Path:
+    """The run dir a row's image path is relative to."""
     return Path(str(row_source)) if isinstance(row_source, str) and row_source else Path()
 
 
@@ -218,6 +224,7 @@ def link_full(src: Path, dst: Path) -> bool:
         return False
 
 
+@lru_cache(maxsize=1024)
 def _dir_key(run_dir: Path) -> str:
     """A short stable folder name for one run dir's linked images."""
     return hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]
@@ -229,6 +236,7 @@ def reproduce_command(run_dir: Path, cell_id: str) -> str:
 
 
 def _js(name: str, value: Any) -> str:
+    """`<name><value as JSON>;` safe inside any script (no `</`, no line separators)."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     text = text.replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     return f"{name}{text};\n"
