@@ -1,6 +1,6 @@
 """`python -m bench`: run every benchmark in its own process and print one Markdown table.
 
-    python -m bench [--only plan,runner,latency,rerun,report,shards] [--quick] [--out FILE]
+    python -m bench [--only plan,runner,latency,rerun,report,shards,explorer] [--quick] [--out FILE]
 
 The table (benchmark | figure | target | ratio/ok) is also written to bench/results.md (or --out).
 `--quick` runs small sizes for a smoke run: figures are real, the targets are not at their sizes;
@@ -20,7 +20,7 @@ from typing import Any
 from bench.common import REPO, child, machine
 
 Row = tuple[str, str, str, str]  # benchmark | figure | target | ratio/ok
-NAMES = ("plan", "runner", "latency", "rerun", "report", "shards")
+NAMES = ("plan", "runner", "latency", "rerun", "report", "shards", "explorer")
 
 
 def _ok(passed: bool) -> str:
@@ -215,6 +215,41 @@ def shards_args(quick: bool) -> list[str]:
     return ["--cells", "48"] if quick and _has_option("shards", "--cells") else []
 
 
+def explorer_args(quick: bool) -> list[str]:
+    """bench.explorer: 1,000 and 10,000 images (quick: 200)."""
+    return ["--images", "200"] if quick else ["--images", "1000,10000"]
+
+
+def explorer_rows(r: dict[str, Any], quick: bool) -> list[Row]:
+    """Report with the explorer (cold, rerun) and page load in Chromium, per size; 1,000 ≤ 60 s."""
+    rows: list[Row] = []
+    for size in r["sizes"]:
+        n = size["images"]
+        page = (
+            f"; page: grid drawn {size['page_ready_ms'] / 1000:.2f} s, axes swapped in "
+            f"{size['swap_ms']} ms, detail panel {size['detail_ms']} ms, "
+            f"{size['console_errors']} console errors, {size['outside_requests']} outside requests"
+            if "page_ready_ms" in size
+            else ""
+        )
+        figure = (
+            f"report {size['report_s']:.1f} s (CPU {size['report_cpu_s']:.0f} s), rerun "
+            f"{size['rerun_s']:.1f} s (thumbnails reused){page}; load avg {size['load_avg']:g}"
+        )
+        if n == 1000:
+            rows.append(
+                (
+                    f"report + explorer: {n:,} images",
+                    figure,
+                    "≤ 60 s",
+                    f"{size['report_s'] / 60:.2f} of the time · {_ok(size['report_s'] <= 60)}",
+                )
+            )
+        else:
+            rows.append((f"report + explorer: {n:,} images", figure, "—", "info"))
+    return rows
+
+
 BENCHMARKS: dict[str, tuple[Callable[[bool], list[str]], Callable[..., list[Row]]]] = {
     "plan": (plan_args, plan_rows),
     "runner": (runner_args, runner_rows),
@@ -222,6 +257,7 @@ BENCHMARKS: dict[str, tuple[Callable[[bool], list[str]], Callable[..., list[Row]
     "rerun": (rerun_args, rerun_rows),
     "report": (report_args, report_rows),
     "shards": (shards_args, shards_rows),
+    "explorer": (explorer_args, explorer_rows),
 }
 
 

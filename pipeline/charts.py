@@ -44,21 +44,23 @@ def shorten(text: str, max_chars: int, *, middle: bool = False) -> str:
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """Round tick values (1, 2, 5 × 10^k steps) covering [lo, hi]."""
+    """Round tick values (1, 2, 2.5, 5 × 10^k steps): the first ≤ lo, the last ≥ hi."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return [0.0, 1.0]
     if hi <= lo:
         hi = lo + (abs(lo) or 1.0)
-    raw = (hi - lo) / max(1, count)
+    raw = (hi - lo) / (max(1, count) + 1)  # at most count + 1 steps once the ends are rounded
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.floor(lo / step) * step
+    first = math.floor(lo / step + 1e-9)
     ticks = []
-    value = start
-    while value < hi + step * 0.5:
-        ticks.append(round(value, 12))
-        value += step
-    return ticks
+    k = first
+    while True:  # up to the first tick at or above `hi`: the last tick covers the data
+        value = round(k * step, 12)
+        ticks.append(value)
+        if value >= hi - step * 1e-9 and len(ticks) > 1:
+            return ticks
+        k += 1
 
 
 def _svg(width: int, height: int, title: str, body: list[str]) -> str:

@@ -229,6 +229,9 @@ class ReportOptions:
     embed_max_mb: float = num(4.0, 0, 1024)
     print_rows: int = num(20, 1, 1_000_000)
     out_dir: str | None = None
+    explorer: bool = True
+    explorer_thumb_px: int = num(320, 16, 4096)
+    thumb_workers: int = num(0, 0, 256)
 
 
 @dataclass

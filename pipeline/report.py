@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import re
@@ -36,7 +35,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from pipeline import charts, journal, manifest, sheets
+from pipeline import charts, explorer, journal, manifest, sheets
 from pipeline.entry import CONF_DIR, console, report_errors, to_plain
 from pipeline.errors import ConfigError
 
@@ -92,6 +91,9 @@ class ReportOptions:
     embed_max_mb: float = 4.0
     out_dir: Path | None = None
     print_rows: int = 20
+    explorer: bool = True
+    explorer_thumb_px: int = 320
+    thumb_workers: int = 0
 
 
 def parse_options(section: Mapping[str, Any] | None) -> ReportOptions:
@@ -140,6 +142,9 @@ def parse_options(section: Mapping[str, Any] | None) -> ReportOptions:
         embed_max_mb=float(embed),
         out_dir=Path(out) if out else None,
         print_rows=integer("print_rows", 20, 1),
+        explorer=flag("explorer", True),
+        explorer_thumb_px=integer("explorer_thumb_px", 320, 16),
+        thumb_workers=integer("thumb_workers", 0, 0),
     )
 
 
@@ -1088,8 +1093,9 @@ def html_page(
     *,
     generated: str,
     notes: Sequence[str] = (),
+    explorer_html: str = "",
 ) -> str:
-    """The self-contained report page (no scripts, no external URLs; user text escaped)."""
+    """The report page: no external URLs, user text escaped; scripts only for the explorer."""
     by_axis = [t for t in tables if t.key is not None]
     named = {t.name: t for t in tables}
     title = "krea-report · " + ", ".join(data.runs)
@@ -1106,14 +1112,18 @@ def html_page(
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_esc(title)}</title><style>{CSS}</style></head><body><main>",
+        f"<title>{_esc(title)}</title><style>{CSS}</style>",
+        explorer.SCRIPTS[0] if explorer_html else "",
+        "</head><body><main>",
         f"<h1>{_esc(title)}</h1>",
         "".join(f'<p class="meta">{_esc(m)}</p>' for m in meta),
         "".join(f'<p class="note">{_esc(n)}</p>' for n in notes),
-        '<nav><a href="#totals">totals</a><a href="#cost">billed vs estimated</a>'
+        "<nav>" + ('<a href="#explorer">explorer</a>' if explorer_html else ""),
+        '<a href="#totals">totals</a><a href="#cost">billed vs estimated</a>'
         '<a href="#plots">plots</a><a href="#axes">by axis</a><a href="#failures">failures</a>'
         '<a href="#prompts">prompts</a><a href="#sheets">contact sheets</a></nav>',
         _cards(tables, data),
+        explorer_html,
         '<h2 id="totals">Totals</h2>',
         _table_html(named["totals"], data),
         '<h2 id="cost">Billed vs estimated</h2>',
@@ -1149,7 +1159,9 @@ def html_page(
         )
     parts += [
         f'<h2 id="files">Files</h2><p class="note">{csv_links}</p>',
-        "</main></body></html>",
+        "</main>",
+        "".join(explorer.SCRIPTS[1:]) if explorer_html else "",
+        "</body></html>",
     ]
     return "\n".join(parts) + "\n"
 
@@ -1173,7 +1185,11 @@ def sheet_frame(data: ReportData) -> pd.DataFrame:
 
 
 def write_sheets(
-    layouts: Sequence[sheets.SheetLayout], out_dir: Path, embed_max_mb: float
+    layouts: Sequence[sheets.SheetLayout],
+    out_dir: Path,
+    embed_max_mb: float,
+    workers: int = 0,
+    previews: Mapping[Path, Path] | None = None,
 ) -> list[SheetFile]:
     """Render each layout to `sheets/sheet-NNN.png` (old sheets there are removed first)."""
     folder = out_dir / SHEETS_DIR
@@ -1182,10 +1198,9 @@ def write_sheets(
         old.unlink()
     files = []
     budget = TOTAL_EMBED_MB * 2**20
-    for i, layout in enumerate(layouts, 1):
-        buf = io.BytesIO()
-        sheets.render(layout).save(buf, format="PNG", optimize=True)
-        png = buf.getvalue()
+    for i, (layout, png) in enumerate(
+        zip(layouts, sheets.pngs(layouts, workers, previews), strict=True), 1
+    ):
         rel = Path(SHEETS_DIR) / f"sheet-{i:03d}.png"
         (out_dir / rel).write_bytes(png)
         uri = None
@@ -1219,6 +1234,19 @@ def report_job(cfg: Mapping[str, Any], now: datetime | None = None) -> int:
     written = write_tables(tables, out_dir)
     notes: list[str] = []
     files: list[SheetFile] = []
+    shown = None
+    if options.html and options.explorer:
+        shown = explorer.write(
+            sheet_frame(data),
+            data.axes,
+            data.runs,
+            out_dir,
+            explorer.ExplorerOptions(options.explorer_thumb_px, options.thumb_workers),
+            rows=options.rows,
+            cols=options.cols,
+        )
+        if shown.thumbs_failed:
+            notes.append(f"{shown.thumbs_failed} image(s) could not be read for thumbnails")
     if options.sheets:
         heading = data.runs[0] if len(data.runs) == 1 else "all runs"
         sheet_options = sheets.SheetOptions(
@@ -1233,7 +1261,12 @@ def report_job(cfg: Mapping[str, Any], now: datetime | None = None) -> int:
             compare=data.compare,
         )
         layouts, skipped = sheets.contact_sheets(sheet_frame(data), data.axes, sheet_options)
-        files = write_sheets(layouts, out_dir, options.embed_max_mb)
+        previews = None  # the explorer's thumbnails, when big enough, are drawn on the sheets
+        if shown is not None and options.explorer_thumb_px >= options.thumb_px:
+            previews = shown.previews
+        files = write_sheets(
+            layouts, out_dir, options.embed_max_mb, options.thumb_workers, previews
+        )
         if skipped:
             notes.append(
                 f"{skipped} more sheet(s) not drawn (report.max_sheets={options.max_sheets}); "
@@ -1251,11 +1284,17 @@ def report_job(cfg: Mapping[str, Any], now: datetime | None = None) -> int:
             plots(data, tables),
             generated=now.strftime("%Y-%m-%d %H:%M:%S"),
             notes=notes,
+            explorer_html=shown.html if shown else "",
         )
         (out_dir / INDEX_NAME).write_text(page, encoding="utf-8")
     what = [f"{len(written)} CSV", f"{len(files)} sheet(s)"]
     if options.html:
         what.append(INDEX_NAME)
+    if shown:
+        what.append(
+            f"explorer: {shown.tiles} tiles, thumbnails {shown.thumbs_made} made, "
+            f"{shown.thumbs_reused} reused"
+        )
     print(f"wrote    {out_dir}  ({', '.join(what)})", flush=True)
     return 0
 

@@ -524,8 +524,11 @@ def test_html_escapes_user_text(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", rows)
     assert report.report_job({"run_dir": str(run), "report": {}}) == 0
     page = (run / "report" / "index.html").read_text()
-    assert "<script" not in page.lower()
+    scripts = re.findall(r"<script[^>]*>", page.lower())
+    assert scripts == ['<script src="explorer-data.js">', '<script src="explorer.js">']
     assert "alert(1)</script>" not in page and "<b>bold</b>" not in page
+    data = (run / "report" / "explorer-data.js").read_text()
+    assert "</script>" not in data and XSS.replace("</", "<\\/") in data  # JSON text, never markup
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
 
 

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
+import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from test_report import AXES, COLORS, LEVELS, STYLES, make_row, make_run, sample_rows, write_plan
+from test_report import (
+    AXES,
+    COLORS,
+    LEVELS,
+    STYLES,
+    make_row,
+    make_run,
+    png_bytes,
+    sample_rows,
+    write_plan,
+)
 
-from pipeline import report, sheets
+from pipeline import charts, report, sheets
 from pipeline.errors import ConfigError
 
 
@@ -270,7 +283,7 @@ def test_long_labels_are_wrapped_and_cut(tmp_path: Path) -> None:
 def test_wrap() -> None:
     assert sheets.wrap("short", 12, 200, 3) == ["short"]
     lines = sheets.wrap("x" * 200, 12, 60, 2)
-    assert len(lines) == 2 and lines[-1].endswith("…")
+    assert len(lines) == 1 and "…" in lines[0]  # one word: cut in its middle, never split
     assert all(sheets.text_width(line, 12) <= 60 for line in lines)
     assert sheets.wrap("", 12, 50, 2) == [""]
 
@@ -290,3 +303,122 @@ def test_wrap() -> None:
 )
 def test_value_labels(value: Any, label: str) -> None:
     assert sheets.value_label(value) == label
+
+
+REF_SETS = [
+    '[{"image":"refs/palette.png"}]',
+    '[{"image":"refs/gradient.png"}]',
+    '[{"image":"refs/palette.png"},{"image":"refs/gradient.png","strength":0.5}]',
+]
+
+
+@pytest.mark.parametrize("width", [40, 60, 90, 120, 200])
+def test_wrap_never_breaks_inside_a_word(width: int) -> None:
+    text = "a portrait of an old fisherman " + REF_SETS[2] + " by a window, softdaylightforever"
+    words = set(text.split())
+    for lines in (sheets.wrap(text, 12, width, 9), sheets.wrap(text, 12, width, 2)):
+        for line in lines:
+            assert sheets.text_width(line, 12) <= max(width, sheets.text_width("W…", 12))
+            for token in line.split(" "):
+                assert token in words or "…" in token, (token, lines)
+
+
+def test_list_valued_axis_gets_short_labels_and_a_legend(tmp_path: Path) -> None:
+    # Observed: list-valued axes showed raw JSON broken mid-word.
+    axis = "inputs.referenceImages"
+    rows = [
+        make_row(i, axes={axis: ref, "settings.creativity": level})
+        for i, (ref, level) in enumerate((r, lv) for r in REF_SETS for lv in ("low", "high"))
+    ]
+    layout = one_sheet(make_run(tmp_path / "run", rows, [axis, "settings.creativity"]), thumb_px=96)
+    assert texts(layout, "row") == ["#1", "#2", "#3"]
+    legend = layout.texts_of("legend")
+    assert [t.text for t in legend] == [
+        f"{axis} #1 = image: refs/palette.png",
+        f"{axis} #2 = image: refs/gradient.png",
+        f"{axis} #3 = image: refs/palette.png; image: refs/gradient.png, strength: 0.5",
+    ]
+    canvas = sheets.Box(0, 0, layout.width, layout.height)
+    grid_bottom = max(slot.box.bottom for slot in layout.slots)
+    for t in legend:
+        assert canvas.contains(t.box) and t.box.top > grid_bottom
+        assert "".join(t.lines).replace(" ", "") == t.text.split(" ", 1)[1].replace(" ", "")
+    sheets.render(layout)
+
+
+def test_sampled_sweep_defaults_are_not_one_image_facets(tmp_path: Path) -> None:
+    # Observed: a sampled sweep's defaults gave 124 one-image facets.
+
+    rng = random.Random(7)
+    axes = ["vars.subject", "settings.creativity", "strength", "vars.style"]
+    rows = []
+    for i in range(120):
+        values = {
+            "vars.subject": f"subject {rng.randrange(1000)}",
+            "settings.creativity": rng.choice(["raw", "low", "medium", "high"]),
+            "strength": rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0]),
+            "vars.style": rng.choice(["oil", "ink", "film", "clay", "pixel"]),
+        }
+        rows.append(make_row(i, axes=values))
+    frame, names, _ = frame_of(make_run(tmp_path / "run", rows, axes, images=False))
+    rows_axis, cols_axis, facets = sheets.choose_axes(frame, names, sheets.SheetOptions())
+    assert (rows_axis, cols_axis, facets) == ("settings.creativity", "strength", [])
+    layouts, skipped = sheets.contact_sheets(frame, names, sheets.SheetOptions(thumb_px=64))
+    assert len(layouts) == 1 and skipped == 0
+    assert sum(s.cell.total for s in layouts[0].slots) == 120
+    # a full grid keeps its facets
+    grid = [
+        make_row(i, axes={"a": a, "b": b, "c": c})
+        for i, (a, b, c) in enumerate((a, b, c) for a in "xy" for b in "pq" for c in "mn")
+    ]
+    frame, names, _ = frame_of(make_run(tmp_path / "grid", grid, ["a", "b", "c"], images=False))
+    assert sheets.choose_axes(frame, names, sheets.SheetOptions()) == ("a", "b", ["c"])
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi"), [(0, 2.21), (0, 1.82), (0, 0.43), (-3.7, 0.0001), (0, 34), (0.2, 0.2), (5, 95.5)]
+)
+def test_nice_ticks_cover_the_data(lo: float, hi: float) -> None:
+    ticks = charts.nice_ticks(lo, hi, 4)
+    assert ticks[0] <= lo and ticks[-1] >= hi and len(ticks) <= 7
+    steps = {round(b - a, 9) for a, b in itertools.pairwise(ticks)}
+    assert len(steps) == 1
+
+
+def test_cumulative_cost_chart_reaches_the_total() -> None:
+    # Observed: the cumulative-cost chart stopped at $1.82 for a $2.21 run (34 × $0.065).
+
+    xs = [0.0125 * (i + 1) for i in range(34)]  # the last image at 0.425 s
+    ys = [round(0.065 * (i + 1), 9) for i in range(34)]
+    svg = charts.line_chart(
+        [charts.Series("billed", xs, ys)],
+        title="cumulative billed cost over time",
+        x_label="seconds",
+        y_label="USD",
+        fmt_y=lambda v: report.money(v, 2),
+    )
+    left, top, width, height, bottom = 64, 40, 640, 280, 42
+    right_edge, base = width - 16, height - bottom
+    path = re.search(r'<path d="([^"]+)"', svg)
+    assert path
+    nums = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", path.group(1))]
+    assert all(left - 0.05 <= x <= right_edge + 0.05 for x in nums[0::2][:1])
+    coords = re.findall(r"([HV])(-?\d+(?:\.\d+)?)", path.group(1))
+    hs = [float(v) for k, v in coords if k == "H"]
+    vs = [float(v) for k, v in coords if k == "V"]
+    assert max(hs) <= right_edge + 0.05 and min(vs) >= top - 0.05 and max(vs) <= base + 0.05
+    labels = [float(v.replace(",", "")) for v in re.findall(r">\$([\d.,]+)<", svg)]
+    assert max(labels) >= 2.21
+
+
+def test_sheets_draw_previews_when_given(tmp_path: Path) -> None:
+    layout = one_sheet(make_run(tmp_path / "run"), thumb_px=96)
+    ok = layout.slot(0, 1)
+    (path,) = ok.cell.images
+    preview = tmp_path / "preview.png"
+    preview.write_bytes(png_bytes((1, 2, 250), (64, 48)))
+    center = ((ok.box.left + ok.box.right) // 2, (ok.box.top + ok.box.bottom) // 2)
+    assert sheets.render(layout, {path: preview}).getpixel(center) == (1, 2, 250)
+    gone = {path: tmp_path / "missing.jpg"}  # an unreadable preview: the image itself is drawn
+    assert sheets.render(layout, gone).getpixel(center) in COLORS
+    assert sheets.render(layout).getpixel(center) in COLORS
