@@ -12,7 +12,19 @@ from urllib.parse import urlparse
 
 from pipeline.errors import ConfigError
 
-FAULT_NAMES = ("http_429", "http_500", "http_503", "disconnect", "stall")
+FAULT_NAMES = (
+    "http_429",
+    "http_500",
+    "http_503",
+    "http_504",
+    "accepted_500",
+    "accepted_disconnect",
+    "disconnect",
+    "stall",
+)
+UNKNOWN_TASK = ("empty", "taskFailedOrNotFound", "taskNotFound", "taskExpired")
+REPEATED_TASK = ("conflict", "replay", "charge")
+PRICE_CHECK = ("auto", "on", "off")
 RUNWARE_URL = "https://api.runware.ai/v1"
 
 
@@ -36,6 +48,40 @@ class ApiSettings:
     ledger: str | None = None
     faults: dict[str, float] = field(default_factory=dict)
     auto: bool = False  # the backend was chosen by api=auto (from whether a key is set)
+    first_poll_s: float = 1.0  # no task polled sooner, before this run has seen a completion
+    settle_s: float = 2.0  # how long a "not known" answer must last before a re-submit
+    latency_sigma: float = 0.0  # emulator only: lognormal spread of the latency
+    emulator: EmulatorBehaviour = field(default_factory=lambda: EmulatorBehaviour())
+
+
+@dataclass(frozen=True)
+class EmulatorBehaviour:
+    """How the built-in emulator answers the questions Runware's docs leave open."""
+
+    unknown_task: str = "taskFailedOrNotFound"
+    queued_polls: int = 0
+    repeated_task: str = "conflict"
+    sync_pollable: bool = False
+    task_details: bool = True
+    credits_status: int = 402
+    price_factor: float = 1.0
+
+    def kwargs(self) -> dict[str, Any]:
+        """As keyword arguments of `pipeline.emulator.Emulator`."""
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """The budget and the price check before fan-out."""
+
+    max_usd: float
+    price_check: str  # auto | on | off
+    price_tolerance: float
+
+    def check_price(self, backend: str) -> bool:
+        """Whether the first billed image is compared with its estimate before fanning out."""
+        return self.price_check == "on" or (self.price_check == "auto" and backend == "runware")
 
 
 @dataclass(frozen=True)
@@ -101,6 +147,44 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
     fault_seed = cfg.get("fault_seed")
     if fault_seed is not None and not isinstance(fault_seed, int):
         raise ConfigError(f"api.fault_seed must be a whole number or null, got {fault_seed!r}")
+    emu = dict(cfg.get("emulator") or {})
+    unknown_emu = sorted(set(emu) - set(EmulatorBehaviour.__dataclass_fields__))
+    if unknown_emu:
+        raise ConfigError(f"api.emulator.{unknown_emu[0]} is not an emulator behaviour")
+    defaults = EmulatorBehaviour()
+    credits_status = emu.get("credits_status", defaults.credits_status)
+    if credits_status not in (402, 400) or isinstance(credits_status, bool):
+        raise ConfigError(f"api.emulator.credits_status must be 402 or 400, got {credits_status!r}")
+    behaviour = EmulatorBehaviour(
+        unknown_task=_choice(
+            {"unknown_task": emu.get("unknown_task", defaults.unknown_task)},
+            "unknown_task",
+            "api.emulator",
+            UNKNOWN_TASK,
+        ),
+        queued_polls=_num(
+            {"queued_polls": emu.get("queued_polls", 0)}, "queued_polls", "api.emulator", kind=int
+        ),
+        repeated_task=_choice(
+            {"repeated_task": emu.get("repeated_task", defaults.repeated_task)},
+            "repeated_task",
+            "api.emulator",
+            REPEATED_TASK,
+        ),
+        sync_pollable=_bool(
+            {"sync_pollable": emu.get("sync_pollable", False)}, "sync_pollable", "api.emulator"
+        ),
+        task_details=_bool(
+            {"task_details": emu.get("task_details", True)}, "task_details", "api.emulator"
+        ),
+        credits_status=int(credits_status),
+        price_factor=_num(
+            {"price_factor": emu.get("price_factor", 1.0)},
+            "price_factor",
+            "api.emulator",
+            low=1e-6,
+        ),
+    )
     return ApiSettings(
         backend=backend,
         base_url=str(base_url) if base_url else None,
@@ -118,6 +202,12 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
         ledger=str(cfg["ledger"]) if cfg.get("ledger") else None,
         faults={k: float(v) for k, v in faults.items()},
         auto=auto,
+        first_poll_s=_num({"first_poll_s": cfg.get("first_poll_s", 1.0)}, "first_poll_s", "api"),
+        settle_s=_num({"settle_s": cfg.get("settle_s", 2.0)}, "settle_s", "api"),
+        latency_sigma=_num(
+            {"latency_sigma": cfg.get("latency_sigma", 0.0)}, "latency_sigma", "api"
+        ),
+        emulator=behaviour,
     )
 
 
@@ -163,6 +253,21 @@ def runner_settings(cfg: dict[str, Any]) -> RunnerSettings:
 def budget_usd(cfg: dict[str, Any]) -> float:
     """`budget.max_usd` as a float ≥ 0."""
     return float(_num(cfg.get("budget") or {}, "max_usd", "budget"))
+
+
+def budget_settings(cfg: dict[str, Any]) -> BudgetSettings:
+    """The `budget` node: the limit, and the price check before fan-out."""
+    node = cfg.get("budget") or {}
+    check = node.get("price_check", "auto")
+    if check is True or check is False:  # YAML reads a bare on/off as a boolean
+        check = "on" if check else "off"
+    return BudgetSettings(
+        max_usd=budget_usd(cfg),
+        price_check=_choice({"price_check": check}, "price_check", "budget", PRICE_CHECK),
+        price_tolerance=_num(
+            {"price_tolerance": node.get("price_tolerance", 0.1)}, "price_tolerance", "budget"
+        ),
+    )
 
 
 def shard_of(cfg: dict[str, Any]) -> tuple[int, int]:
