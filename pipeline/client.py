@@ -1112,6 +1112,13 @@ class Client:
 
     def recover(self, task_uuid: str, number_results: int = 1) -> Generation | None:
         """After a crash: None if the server does not know `task_uuid`, else its finished result."""
+        try:
+            return self._recover(task_uuid, number_results)
+        except ApiError as err:
+            err.maybe_billed = True  # type: ignore[attr-defined]  # it was submitted before
+            raise
+
+    def _recover(self, task_uuid: str, number_results: int) -> Generation | None:
         self._check_open()
         submitted_at = utc_now()
         t0 = time.monotonic()

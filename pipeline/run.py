@@ -79,6 +79,7 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
         price_table=price_table,
         run_dir=ctx.run_dir,
         report_dir=ctx.run_dir.parent if ctx.multirun else None,
+        budget=settings.budget_settings(cfg),
     )
 
 
@@ -108,6 +109,7 @@ def execute(
     price_table: dict[str, Any],
     run_dir: Path,
     report_dir: Path | None = None,
+    budget: settings.BudgetSettings | None = None,
 ) -> int:
     """Run a gated plan's cells on its backend (the built-in emulator if none); the exit code."""
     from pipeline import runner  # the run itself; imported here so a dry run stays light
@@ -123,6 +125,8 @@ def execute(
                 faults=api.faults,
                 ledger=Path(api.ledger) if api.ledger else None,
                 fault_seed=api.fault_seed,
+                latency_sigma=api.latency_sigma,
+                **api.emulator.kwargs(),
             )
             base_url = stack.enter_context(emulator).base_url
         assert base_url is not None
@@ -138,6 +142,7 @@ def execute(
             price_table=price_table,
             run_dir=run_dir,
             report_dir=report_dir,
+            budget=budget,
         )
 
 
