@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="bill this many times the packaged price table (a live price that differs)",
     )
+    parser.add_argument("--stats-out", type=Path, help="write the request counters here on exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each request to stderr")
     return parser
 
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
     finally:
         emulator.stop()
+        if args.stats_out is not None:
+            args.stats_out.write_text(json.dumps(emulator.stats(), sort_keys=True))
     return 0
 
 
