@@ -1,35 +1,51 @@
 """The one module that speaks HTTP to Runware: upload, submit, poll, recover, download.
 
-Retry and recovery design (the rule is: a cell is never paid for twice):
+Retry and recovery design (the rule is: a cell is never paid for twice, and where Runware's
+behaviour is unconfirmed — runware-protocol.md §11 — the client is right under every plausible
+answer):
 
-* Every call has an explicit (connect, read) timeout. Transport failures are split in two:
-  *not sent* (connection refused, connect timeout) and *maybe sent* (read timeout, connection
-  dropped after the request went out, a 5xx or an unreadable 2xx to a submit).
+* Every call has an explicit (connect, read) timeout; every duration is clamped to 30 days, so
+  an absurd setting never overflows a wait. Transport failures are split in two: *not sent*
+  (connection refused, connect timeout) and *maybe sent* (read timeout, connection dropped after
+  the request went out, a 5xx or an unreadable 2xx to a submit).
 * A submit whose outcome is unknown is never simply repeated. After the backoff the client asks
-  ``getResponse`` for that taskUUID: if the server knows the task (processing, done or failed)
-  it is polled to completion; only a not-found answer (``taskFailedOrNotFound``) allows a
-  re-submit, with the SAME taskUUID. A ``conflictTaskUUID`` answer to a submit means the task
-  exists: it is fetched, never re-submitted. If the check cannot get an answer the client raises
-  TransientError ``outcomeUnknown``; if the server knows the task but returns nothing (a finished
-  sync task) it raises ApiError ``resultLost``. Neither re-submits.
+  ``getResponse`` for that taskUUID, again and again over the **settle wait** (``settle_s``,
+  five lookups): as soon as the server knows the task (processing, done or failed) it is polled
+  to completion. Only when every lookup of the settle wait says "not known" — ``{"data": []}``
+  or a not-found code (``is_not_found``: exactly the codes Runware's SDK reads as not found:
+  ``taskFailedOrNotFound``, ``taskCancelled``, ``unknownModel``, ``…NotFound``, ``…Expired``) — is
+  the task re-submitted, with the SAME taskUUID. A ``conflictTaskUUID`` answer means the task
+  exists: it is polled, never re-submitted (``taskGone`` if getResponse then says not found by
+  code: that taskUUID is spent and the runner takes a new one). If a lookup cannot get an answer
+  the client raises TransientError ``outcomeUnknown``; the taskUUID stays on record and the next
+  run looks it up again by the same rules.
+* A server that charges a repeated taskUUID again can bill twice only for a task it accepted
+  but kept invisible to getResponse (empty or not-found) for the whole settle wait: at most one
+  extra charge per such submit (README, Cost safety).
 * Retried: connection errors, timeouts, 408, 429 and 5xx, with capped exponential backoff and
   full jitter (``backoff_base_s`` × 2^k, at most ``backoff_cap_s``), or the server's
   ``Retry-After`` (seconds or HTTP date). Never retried: RequestRejected, AuthError,
   CreditsError, SafetyError. ``max_retries`` bounds the re-submits of one task; polls,
   downloads and uploads have their own bounded retries. A task the server reports as failed
   with a retryable code (provider, timeout) and no image is re-submitted with the same taskUUID,
-  within the same ``max_retries``.
+  within the same ``max_retries``. An ApiError out of ``generate``/``recover`` carries
+  ``maybe_billed``: whether any submit may have been accepted (the runner counts it toward the
+  budget at its estimate).
 * Async delivery (default): one shared poll scheduler per Client (a thread with a heap of
   next-poll times over every in-flight task; polls run on a small worker pool, one getResponse
-  per POST, or up to 50 per POST with ``batch_polls``). The first poll comes after 0.8× the
-  running median of observed accept→done times (0.25 s before any is known, within
-  [0.01 s, 5 s]); then intervals grow ×1.5 from a twentieth of that median up to 5 s, except that
-  a rising ``progress`` schedules the next poll when it predicts completion. ``poll_timeout_s``
-  bounds the whole wait.
-* Sync delivery: results come in the POST response. LIMITATION: Runware does not keep sync
-  results, so a lost sync response (read timeout, dropped connection) cannot be recovered: the
-  getResponse check still runs, and a task the server already accepted ends as ``resultLost``
-  (paid, no image) rather than being paid again. Use async delivery when that matters.
+  per POST, or up to 50 per POST with ``batch_polls``). Cadence: until this client has seen a
+  completion, no task is polled sooner than ``first_poll_s`` (1 s) after its submit, then every
+  0.5 s ×1.5. After that, the first poll comes at 1.02 × the running median of accept→done
+  times; one task in eight (and every task after a probe found its task already done) is a
+  *probe*, first polled at half the median, so a falling latency is learnt. A task still
+  processing is polled next when its ``progress`` predicts completion (else ×1.5 backoff up to
+  5 s). An accepted task answering ``{"data": []}`` is still queued: it is polled on until
+  ``poll_timeout_s``, never given up as lost.
+* Sync delivery: results come in the POST response. Runware may keep no sync results for
+  getResponse; a lost sync response is recovered with ``getTaskDetails`` where the server
+  supports it. Where it does not, the settle wait ends in a re-submit with the same taskUUID: a
+  ``conflictTaskUUID`` then ends the cell as ``resultLost`` (paid once, no image), a replaying
+  server returns the result. Use async delivery when that matters.
 * URL outputs are downloaded (without the API key) with their own retries; a failed download
   never re-submits the task: the client asks getResponse for a fresh copy of the item instead.
 """

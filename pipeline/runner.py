@@ -157,7 +157,10 @@ class Runner:
             iterator = iter(cells)
             for cell in iterator:
                 if not self._dispatch(cell):  # submitting stopped: this cell and the rest not run
-                    remaining = 1 + sum(1 for _ in iterator)
+                    remaining = 1
+                    for rest in iterator:
+                        remaining += 1
+                        self.outcome.cell_ids.add(rest.cell_id)
                     break
             self._drain(timeout=None)
         except KeyboardInterrupt:
@@ -357,11 +360,23 @@ class Runner:
             self._billed_vs_estimate[1] += per_image * len(ok)
             if len(ok) < len(rows) and gen.task_uuid:  # the missing images may be billed too
                 self._maybe_billed_usd += per_image * (len(rows) - len(ok))
+        if ok and not priced:
+            self._price_unknown()
         self._price_seen(sum(priced), per_image * len(priced))
         self._count("ok" if len(ok) == len(rows) else "failed", len(ok), billed)
         if len(ok) != len(rows):
             with self._lock:
                 self.outcome.failures[str(rows[-1]["error_code"])] += 1
+
+    def _price_unknown(self) -> None:
+        """The probe's images carry no cost: the check cannot be made; fan out on estimates."""
+        with self._idle:
+            if self._price == "probing":
+                self.outcome.price_note = (
+                    "price check: the API reported no cost; the budget counts estimates"
+                )
+                self._price = "done"
+                self._idle.notify_all()
 
     def _price_seen(self, billed: float, estimated: float) -> None:
         """The price check: compare the probe's billed cost with its estimate; stop or fan out."""
@@ -489,8 +504,10 @@ def run_sweep(
     outcome.estimated_usd = plan.estimate_usd
     whole = manifest.rebuild(run_dir, sweep.axis_names)
     # The manifest describes this plan: rows of cells an earlier, different sweep left in this
-    # run dir stay in journal.jsonl only.
-    frame = whole[whole["cell_id"].isin(outcome.cell_ids)].reset_index(drop=True)
+    # run dir stay in journal.jsonl only. (After Ctrl-C not every cell was seen: keep all.)
+    frame = whole
+    if not outcome.interrupted:
+        frame = whole[whole["cell_id"].isin(outcome.cell_ids)].reset_index(drop=True)
     parquet_path, _ = manifest.write(frame, run_dir)
     left_out = len(whole) - len(frame)
     print(

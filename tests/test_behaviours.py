@@ -667,3 +667,50 @@ def test_resume_summary_compares_the_same_cells(
     assert paid == pytest.approx(0.60)
     assert "$0.60 billed vs $0.60 estimated for the 10 image(s) paid for here" in out
     assert len(ledger(tmp_path / "none.jsonl")) == 0
+
+
+# ------------------------------------------------------------------------------------------
+# no stranded cell: pollTimeout and outcomeUnknown are resolved by the next run
+
+
+def test_poll_timeout_cells_are_recovered_by_the_next_run(tmp_path: Path) -> None:
+    sweep = seed_sweep(6, name="pt")
+    with Emulator(latency_s=1.0) as emu:
+        edits = {
+            "api.backend": "emulator",
+            "api.base_url": emu.base_url,
+            "api.first_poll_s": 0.05,
+            "store.dir": str(tmp_path / "store"),
+        }
+        first = run_sweep_inprocess(
+            tmp_path, sweep, tmp_path / "a", **edits, **{"api.poll_timeout_s": 0.2}
+        )
+        assert first == 1 and set(read_manifest(tmp_path / "a")["error_code"]) == {"pollTimeout"}
+        second = run_sweep_inprocess(tmp_path, sweep, tmp_path / "b", **edits)
+        entries = emu.ledger_entries()
+    assert second == 0 and set(read_manifest(tmp_path / "b")["status"]) == {"ok"}
+    assert len(entries) == 6  # recovered by taskUUID: nothing paid again
+    billed = float(read_manifest(tmp_path / "b")["cost_usd"].sum())
+    assert billed == pytest.approx(0.36)  # the rerun reports what the first run's tasks cost
+
+
+def test_outcome_unknown_cells_are_resolved_by_the_next_run(tmp_path: Path) -> None:
+    """Every POST after the submit fails (accepted, answer lost, lookups 5xx): outcomeUnknown."""
+    sweep = seed_sweep(4, name="ou")
+    with Emulator() as emu:
+        edits = {
+            "api.backend": "emulator",
+            "api.base_url": emu.base_url,
+            "api.first_poll_s": 0.05,
+            "api.settle_s": 0.1,
+            "runner.max_retries": 1,
+            "store.dir": str(tmp_path / "store"),
+        }
+        emu.set_faults({"accepted_500": 0.5, "http_503": 0.5})
+        first = run_sweep_inprocess(tmp_path, sweep, tmp_path / "a", **edits)
+        emu.set_faults({})
+        second = run_sweep_inprocess(tmp_path, sweep, tmp_path / "b", **edits)
+        entries = emu.ledger_entries()
+    assert first != 0
+    assert second == 0 and len(read_manifest(tmp_path / "b")) == 4
+    assert sorted(Counter(e["seed"] for e in entries).values()) == [1, 1, 1, 1]
