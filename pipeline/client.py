@@ -115,7 +115,8 @@ POLL_INTERVAL_CAP = 5.0
 PREDICT_CAP_S = 30.0  # a poll predicted from `progress` may wait this long
 PREDICT_MARGIN_S = 0.01
 PROBE_EVERY = 8  # one task in this many is first polled early, to learn when latency falls
-PROBE_AT = 0.5  # … at this fraction of the median
+PROBE_AT = 0.5  # … at this fraction of the target
+LOW_QUANTILE = 0.1  # with `progress`: first polls aim at this quantile of completion times
 EMPTY_ANSWERS_SYNC = 3  # a known sync task answering nothing this often: its result is not kept
 SETTLE_LOOKUPS = 4  # lookups spread over the settle wait (after the first)
 MAX_DURATION_S = 30 * 24 * 3600.0  # every duration is clamped to this (no wait may overflow)
@@ -648,6 +649,7 @@ class _Pending:
         self.prev_progress = 0.0
         self.est_total: float | None = None  # accept→done estimated from progress
         self.probe = False  # first polled early to learn whether the latency fell
+        self.canary = False  # tracked before any completion was seen
 
     def absorb(
         self,
@@ -702,36 +704,45 @@ class _Poller:
         self._durations: deque[float] = deque(maxlen=32)
         self._tracked = 0
         self._probe_next = False  # the last probe found its task done: probe again
+        self._progress_seen = False  # the server reports `progress` on processing items
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="krea-poll")
         self._thread = threading.Thread(target=self._run, name="krea-poll-scheduler", daemon=True)
         self._thread.start()
 
     # cadence -------------------------------------------------------------------------------
-    def _median(self) -> float | None:
+    def _target(self) -> float | None:
+        """The learnt completion time polls aim at: the median, or the 10th percentile once
+        the server reports `progress` (a first poll then tells when a slow task will end)."""
         with self._cond:
-            samples = list(self._durations)
-        return statistics.median(samples) if samples else None
+            samples = sorted(self._durations)
+            low = self._progress_seen
+        if not samples:
+            return None
+        if low:
+            return samples[int(LOW_QUANTILE * (len(samples) - 1))]
+        return statistics.median(samples)
 
     def first_delay(self, p: _Pending) -> float:
-        """Submit → first poll: `first_poll_s` until a completion is seen, then ~the median.
+        """Submit → first poll: `first_poll_s` until a completion is seen, then ~the target.
 
         Every PROBE_EVERY-th task (and every task after a probe that found its task already
-        done) is a probe, first polled at PROBE_AT × the median, so a falling latency is seen.
+        done) is a probe, first polled at PROBE_AT × the target, so a falling latency is seen.
         """
-        median = self._median()
-        if median is None:
+        target = self._target()
+        if target is None:
+            p.canary = True
             return self._client.first_poll_s
         with self._cond:
             self._tracked += 1
             p.probe = self._probe_next or self._tracked % PROBE_EVERY == 0
-        delay = (PROBE_AT if p.probe else FIRST_POLL_FACTOR) * median + FIRST_POLL_MARGIN
+        delay = (PROBE_AT if p.probe else FIRST_POLL_FACTOR) * target + FIRST_POLL_MARGIN
         return min(FIRST_POLL_MAX, max(FIRST_POLL_MIN, delay))
 
     def first_interval(self) -> float:
-        median = self._median()
-        if median is None:
+        target = self._target()
+        if target is None:
             return FIRST_INTERVAL_START
-        return min(POLL_INTERVAL_CAP, max(POLL_INTERVAL_MIN, POLL_STEP_FACTOR * median))
+        return min(POLL_INTERVAL_CAP, max(POLL_INTERVAL_MIN, POLL_STEP_FACTOR * target))
 
     def _observe(self, p: _Pending, sent: float) -> None:
         """Learn accept→done from one finished task (see the module docstring).
@@ -739,6 +750,8 @@ class _Poller:
         Seen pending first: the `progress` estimate within the last poll gap, else the middle
         of that gap. Done at its first poll: only an upper bound. A probe's bound clips every
         sample above it (latency fell); an ordinary task's adds nothing, except as the first.
+        With `progress`, only canaries and probes (first polled early, so unbiased) are learnt
+        from: an ordinary task seen pending is a slow one.
         """
         elapsed = sent - p.accepted_at
         with self._cond:
@@ -751,6 +764,8 @@ class _Poller:
                 elif not self._durations:  # the first completion: probe below it next
                     self._durations.append(max(0.0, elapsed))
                     self._probe_next = True
+                return
+            if self._progress_seen and not (p.probe or p.canary):
                 return
             start = p.last_pending_at - p.accepted_at
             if p.est_total is not None:
@@ -932,6 +947,9 @@ class _Poller:
         delay = p.interval
         p.interval = min(POLL_INTERVAL_CAP, p.interval * POLL_BACKOFF)
         progress, elapsed = p.progress, sent - p.accepted_at
+        if progress is not None and not self._progress_seen:
+            with self._cond:
+                self._progress_seen = True
         if progress is not None and p.prev_progress < progress < 100 and elapsed > 0:
             # Servers truncate progress to an integer (the emulator does): reading it as is
             # predicts a moment at or just after completion, never before it.

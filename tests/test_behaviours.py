@@ -283,18 +283,11 @@ def test_queued_async_task_is_polled_not_abandoned() -> None:
 @pytest.mark.parametrize("status", ["http_500", "http_503", "http_504"])
 def test_unknown_outcome_not_known_resubmits_same_uuid(mode: str, status: str) -> None:
     """Issue 10: a 5xx before acceptance, then "not known" in any form: re-submitted, once paid."""
-    with Emulator(unknown_task=mode, faults={status: 1.0}) as emu, client(emu) as c:
+    with Emulator(unknown_task=mode) as emu, client(emu) as c:
         task_uuid = str(uuid.uuid4())
         result: dict[str, Any] = {}
-
-        def heal() -> None:
-            time.sleep(0.05)
-            emu.set_faults({})
-
-        healer = threading.Thread(target=heal)
-        healer.start()
+        emu.queue_faults([status])  # refused before acceptance
         result["gen"] = c.generate(REQUEST, task_uuid)
-        healer.join()
         entries = emu.ledger_entries()
     assert [e["taskUUID"] for e in entries] == [task_uuid]
     assert len(result["gen"].images) == 1
@@ -307,9 +300,8 @@ def test_accepted_then_failed_is_paid_once(repeated: str, mode: str) -> None:
     for kind in ("accepted_500", "accepted_disconnect"):
         emu = Emulator(unknown_task=mode, repeated_task=repeated, queued_polls=2)
         with emu, client(emu) as c:
-            emu.set_faults({kind: 1.0})
+            emu.queue_faults([kind])  # the submit is accepted and billed, its answer lost
             task_uuid = str(uuid.uuid4())
-            threading.Timer(0.02, lambda e=emu: e.set_faults({})).start()
             gen = c.generate(REQUEST, task_uuid)
             assert len(gen.images) == 1
             assert [e["taskUUID"] for e in emu.ledger_entries()] == [task_uuid], kind
@@ -319,8 +311,7 @@ def test_charge_again_bound_is_the_settle_wait() -> None:
     """The README's bound: an accepted task invisible for the whole settle wait is paid twice."""
     emu = Emulator(unknown_task="empty", repeated_task="charge", queued_polls=6)
     with emu, client(emu, settle_s=0.1) as c:
-        emu.set_faults({"accepted_500": 1.0})
-        threading.Timer(0.02, lambda: emu.set_faults({})).start()
+        emu.queue_faults(["accepted_500"])
         c.generate(REQUEST, str(uuid.uuid4()))
         assert len(emu.ledger_entries()) == 2  # exactly one extra charge, not more
 
@@ -338,8 +329,7 @@ def test_sync_lost_response(opts: dict[str, Any], ok: bool) -> None:
     """api.delivery=sync: a lost response is recovered with getTaskDetails where supported."""
     emu = Emulator(**opts)
     with emu, client(emu, delivery="sync") as c:
-        emu.set_faults({"accepted_disconnect": 1.0})
-        threading.Timer(0.02, lambda: emu.set_faults({})).start()
+        emu.queue_faults(["accepted_disconnect"])
         task_uuid = str(uuid.uuid4())
         if ok:
             assert len(c.generate(REQUEST, task_uuid).images) == 1

@@ -84,6 +84,13 @@ class FaultInjector:
         self.rates = check_faults(faults)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        self._queued: list[str] = []
+
+    def queue(self, kinds: list[str]) -> None:
+        """Inject exactly these faults on the next POSTs, in order (before any drawn by rate)."""
+        check_faults(dict.fromkeys(kinds, 1.0))
+        with self._lock:
+            self._queued.extend(kinds)
 
     def set_rates(self, faults: dict[str, float] | None) -> None:
         """Replace the fault rates (the random sequence goes on)."""
@@ -93,6 +100,9 @@ class FaultInjector:
 
     def draw(self) -> Fault | None:
         """The fault for the next POST, or None (kinds are tried in FAULT_KINDS order)."""
+        with self._lock:
+            if self._queued:
+                return Fault(kind=self._queued.pop(0), accepted=True, retry_after=1)
         if not any(self.rates.values()):
             return None
         with self._lock:

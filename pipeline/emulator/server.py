@@ -268,6 +268,10 @@ class Emulator:
         """Change the fault rates of a running emulator (e.g. {} to heal it)."""
         self._faults.set_rates(faults)
 
+    def queue_faults(self, kinds: list[str]) -> None:
+        """Inject exactly these faults on the next POSTs, in order (deterministic tests)."""
+        self._faults.queue(kinds)
+
     def ledger_entries(self) -> list[dict[str, Any]]:
         """Every billed image so far (one dict per image, as written to the ledger file)."""
         return self._ledger.entries()
