@@ -35,12 +35,14 @@ answer):
   next-poll times over every in-flight task; polls run on a small worker pool, one getResponse
   per POST, or up to 50 per POST with ``batch_polls``). Cadence: until this client has seen a
   completion, no task is polled sooner than ``first_poll_s`` (1 s) after its submit, then every
-  0.5 s ×1.5. After that, the first poll comes at 1.02 × the running median of accept→done
-  times; one task in eight (and every task after a probe found its task already done) is a
-  *probe*, first polled at half the median, so a falling latency is learnt. A task still
-  processing is polled next when its ``progress`` predicts completion (else ×1.5 backoff up to
-  5 s). An accepted task answering ``{"data": []}`` is still queued: it is polled on until
-  ``poll_timeout_s``, never given up as lost.
+  0.5 s ×1.5. After that, the first poll comes at 1.02 × the learnt *target*: the median of
+  the last 32 accept→done times, or — once the server reports ``progress`` — their 10th
+  percentile, learnt only from canaries (tasks polled before the first completion) and probes,
+  so that a first poll can tell when a slow task will end. One task in eight (and every task
+  after a probe found its task already done) is a *probe*, first polled at half the target, so
+  a falling latency is learnt. A task still processing is polled next when its ``progress``
+  predicts completion (else ×1.5 backoff up to 5 s). An accepted task answering
+  ``{"data": []}`` is still queued: it is polled on until ``poll_timeout_s``, never given up.
 * Sync delivery: results come in the POST response. Runware may keep no sync results for
   getResponse; a lost sync response is recovered with ``getTaskDetails`` where the server
   supports it. Where it does not, the settle wait ends in a re-submit with the same taskUUID: a
