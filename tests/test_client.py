@@ -949,3 +949,16 @@ def test_emulator_poll_pickup(emulator_cls: Any) -> None:
     ):
         slow = list(pool.map(lambda _: c.generate(REQUEST, tid()).latency_s, range(16)))
     assert max(slow) < 2.2 + 0.1, slow
+
+
+def test_conflict_then_not_found_is_task_gone(srv: ScriptedServer, client: Client) -> None:
+    """The server holds the taskUUID but getResponse says not found: that taskUUID is spent."""
+    task_uuid = tid()
+    srv.reply(
+        Reply(400, error_body("conflictTaskUUID", "exists", taskUUID=task_uuid)),
+        Reply(400, error_body("taskNotFound", "no such task", taskUUID=task_uuid)),
+    )
+    with pytest.raises(ApiError) as info:
+        client.generate(REQUEST, task_uuid)
+    assert info.value.code == "taskGone" and getattr(info.value, "maybe_billed", None) is True
+    assert srv.task_types() == ["imageInference", "getResponse"]  # never re-submitted
