@@ -61,11 +61,14 @@ def machine() -> str:
 
 
 @contextlib.contextmanager
-def emulator_process(latency_s: float = 0.0, ledger: Path | None = None) -> Iterator[str]:
+def emulator_process(
+    latency_s: float = 0.0, ledger: Path | None = None, *extra: str
+) -> Iterator[str]:
     """Run `python -m pipeline.emulator` as a separate process; yield its base URL."""
     cmd = [sys.executable, "-m", "pipeline.emulator", "--port", "0", "--latency", str(latency_s)]
     if ledger is not None:
         cmd += ["--ledger", str(ledger)]
+    cmd += list(extra)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryFile("w+") as errors:
         proc = subprocess.Popen(

@@ -1,35 +1,53 @@
 """The one module that speaks HTTP to Runware: upload, submit, poll, recover, download.
 
-Retry and recovery design (the rule is: a cell is never paid for twice):
+Retry and recovery design (the rule is: a cell is never paid for twice, and where Runware's
+behaviour is unconfirmed — runware-protocol.md §11 — the client is right under every plausible
+answer):
 
-* Every call has an explicit (connect, read) timeout. Transport failures are split in two:
-  *not sent* (connection refused, connect timeout) and *maybe sent* (read timeout, connection
-  dropped after the request went out, a 5xx or an unreadable 2xx to a submit).
+* Every call has an explicit (connect, read) timeout; every duration is clamped to 30 days, so
+  an absurd setting never overflows a wait. Transport failures are split in two: *not sent*
+  (connection refused, connect timeout) and *maybe sent* (read timeout, connection dropped after
+  the request went out, a 5xx or an unreadable 2xx to a submit).
 * A submit whose outcome is unknown is never simply repeated. After the backoff the client asks
-  ``getResponse`` for that taskUUID: if the server knows the task (processing, done or failed)
-  it is polled to completion; only a not-found answer (``taskFailedOrNotFound``) allows a
-  re-submit, with the SAME taskUUID. A ``conflictTaskUUID`` answer to a submit means the task
-  exists: it is fetched, never re-submitted. If the check cannot get an answer the client raises
-  TransientError ``outcomeUnknown``; if the server knows the task but returns nothing (a finished
-  sync task) it raises ApiError ``resultLost``. Neither re-submits.
+  ``getResponse`` for that taskUUID, again and again over the **settle wait** (``settle_s``,
+  five lookups): as soon as the server knows the task (processing, done or failed) it is polled
+  to completion. Only when every lookup of the settle wait says "not known" — ``{"data": []}``
+  or a not-found code (``is_not_found``: exactly the codes Runware's SDK reads as not found:
+  ``taskFailedOrNotFound``, ``taskCancelled``, ``unknownModel``, ``…NotFound``, ``…Expired``) — is
+  the task re-submitted, with the SAME taskUUID. A ``conflictTaskUUID`` answer means the task
+  exists: it is polled, never re-submitted (``taskGone`` if getResponse then says not found by
+  code: that taskUUID is spent and the runner takes a new one). If a lookup cannot get an answer
+  the client raises TransientError ``outcomeUnknown``; the taskUUID stays on record and the next
+  run looks it up again by the same rules.
+* A server that charges a repeated taskUUID again can bill twice only for a task it accepted
+  but kept invisible to getResponse (empty or not-found) for the whole settle wait: at most one
+  extra charge per such submit (README, Cost safety).
 * Retried: connection errors, timeouts, 408, 429 and 5xx, with capped exponential backoff and
   full jitter (``backoff_base_s`` × 2^k, at most ``backoff_cap_s``), or the server's
   ``Retry-After`` (seconds or HTTP date). Never retried: RequestRejected, AuthError,
   CreditsError, SafetyError. ``max_retries`` bounds the re-submits of one task; polls,
   downloads and uploads have their own bounded retries. A task the server reports as failed
   with a retryable code (provider, timeout) and no image is re-submitted with the same taskUUID,
-  within the same ``max_retries``.
+  within the same ``max_retries``. An ApiError out of ``generate``/``recover`` carries
+  ``maybe_billed``: whether any submit may have been accepted (the runner counts it toward the
+  budget at its estimate).
 * Async delivery (default): one shared poll scheduler per Client (a thread with a heap of
   next-poll times over every in-flight task; polls run on a small worker pool, one getResponse
-  per POST, or up to 50 per POST with ``batch_polls``). The first poll comes after 0.8× the
-  running median of observed accept→done times (0.25 s before any is known, within
-  [0.01 s, 5 s]); then intervals grow ×1.5 from a twentieth of that median up to 5 s, except that
-  a rising ``progress`` schedules the next poll when it predicts completion. ``poll_timeout_s``
-  bounds the whole wait.
-* Sync delivery: results come in the POST response. LIMITATION: Runware does not keep sync
-  results, so a lost sync response (read timeout, dropped connection) cannot be recovered: the
-  getResponse check still runs, and a task the server already accepted ends as ``resultLost``
-  (paid, no image) rather than being paid again. Use async delivery when that matters.
+  per POST, or up to 50 per POST with ``batch_polls``). Cadence: until this client has seen a
+  completion, no task is polled sooner than ``first_poll_s`` (1 s) after its submit, then every
+  0.5 s ×1.5. After that, the first poll comes at 1.02 × the learnt *target*: the median of
+  the last 32 accept→done times, or — once the server reports ``progress`` — their 10th
+  percentile, learnt only from canaries (tasks polled before the first completion) and probes,
+  so that a first poll can tell when a slow task will end. One task in eight (and every task
+  after a probe found its task already done) is a *probe*, first polled at half the target, so
+  a falling latency is learnt. A task still processing is polled next when its ``progress``
+  predicts completion (else ×1.5 backoff up to 5 s). An accepted task answering
+  ``{"data": []}`` is still queued: it is polled on until ``poll_timeout_s``, never given up.
+* Sync delivery: results come in the POST response. Runware may keep no sync results for
+  getResponse; a lost sync response is recovered with ``getTaskDetails`` where the server
+  supports it. Where it does not, the settle wait ends in a re-submit with the same taskUUID: a
+  ``conflictTaskUUID`` then ends the cell as ``resultLost`` (paid once, no image), a replaying
+  server returns the result. Use async delivery when that matters.
 * URL outputs are downloaded (without the API key) with their own retries; a failed download
   never re-submits the task: the client asks getResponse for a fresh copy of the item instead.
 """
@@ -78,7 +96,7 @@ from pipeline.errors import (
 from pipeline.journal import utc_now
 from pipeline.sweep import is_local_file
 
-__all__ = ["Client", "Generation", "ImageResult", "classify"]
+__all__ = ["Client", "Generation", "ImageResult", "classify", "is_not_found"]
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +105,23 @@ OUTPUT_TYPES = ("base64Data", "dataURI", "URL")
 IMAGE_FIELDS = ("imageBase64Data", "imageDataURI", "imageURL")
 
 # Poll cadence (seconds).
-FIRST_POLL_START = 0.02  # first-poll delay before any completion time was observed (then ×1.5)
-FIRST_POLL_FACTOR = 0.8  # first poll at this fraction of the median completion time
-FIRST_POLL_MIN = 0.01
-FIRST_POLL_MAX = 5.0
+FIRST_POLL_S = 1.0  # default first-poll delay before this client has seen a completion
+FIRST_INTERVAL_START = 0.5  # the interval after that first poll (then ×1.5), like Runware's SDK
+FIRST_POLL_FACTOR = 1.02  # once completions are known: first poll just after the median
+FIRST_POLL_MARGIN = 0.005
+FIRST_POLL_MIN = 0.005
+FIRST_POLL_MAX = 120.0
 POLL_INTERVAL_MIN = 0.02
 POLL_STEP_FACTOR = 0.05  # the first interval after the first poll, as a fraction of the median
 POLL_INTERVAL_CAP = 5.0
+PREDICT_CAP_S = 30.0  # a poll predicted from `progress` may wait this long
+PREDICT_MARGIN_S = 0.01
+PROBE_EVERY = 8  # one task in this many is first polled early, to learn when latency falls
+PROBE_AT = 0.5  # … at this fraction of the target
+LOW_QUANTILE = 0.1  # with `progress`: first polls aim at this quantile of completion times
+EMPTY_ANSWERS_SYNC = 3  # a known sync task answering nothing this often: its result is not kept
+SETTLE_LOOKUPS = 4  # lookups spread over the settle wait (after the first)
+MAX_DURATION_S = 30 * 24 * 3600.0  # every duration is clamped to this (no wait may overflow)
 POLL_BACKOFF = 1.5
 POLL_BATCH_MAX = 50  # getResponse tasks per POST with batch_polls
 RETRY_AFTER_CAP = 120.0
@@ -110,7 +138,33 @@ _SAFETY_CODES = frozenset(
         "moderationFailed",
     }
 )
-_NOT_FOUND_CODES = frozenset({"taskFailedOrNotFound", "taskCancelled"})
+_NOT_FOUND_CODES = frozenset({"taskFailedOrNotFound", "taskCancelled", "unknownModel"})
+# Codes Runware's SDK classifies before "not found" (runware.errors.derive_code), so a code such
+# as `tokenExpired` (auth) is never read as "this task is unknown".
+_SDK_AUTH_CODES = frozenset(
+    {
+        "unauthorized",
+        "forbidden",
+        "permissionDenied",
+        "insufficientPermissions",
+        "authenticationFailed",
+        "authFailed",
+        "authTimeout",
+        "invalidAuthentication",
+        "invalidCredentials",
+        "missingAuthentication",
+        "tokenExpired",
+        "tokenInvalid",
+        "tokenMissing",
+        "tokenRevoked",
+        "accountSuspended",
+        "accountDisabled",
+        "organizationSuspended",
+        "organizationDisabled",
+        "workspaceSuspended",
+        "workspaceDisabled",
+    }
+)
 _TRANSIENT_CODES = frozenset(
     {
         "inferenceError",
@@ -296,6 +350,24 @@ def _flatten_error(item: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def is_not_found(code: str) -> bool:
+    """Whether a `getResponse` error code says "no such task", exactly as Runware's SDK reads it.
+
+    The SDK (runware-sdk 1.8, `derive_code`) maps `taskFailedOrNotFound`, `taskCancelled`,
+    `unknownModel` and any code ending in `NotFound` or `Expired` to not-found, after its quota,
+    rate-limit, safety, auth and timeout rules.
+    """
+    if not code or code in ("aborted", "paymentRequired", "quotaExceeded", "environmentPaused"):
+        return False
+    if any(w in code for w in ("Credits", "Quota", "Balance", "RateLimit")):
+        return False
+    if code == "rateLimitExceeded" or code in _SAFETY_CODES or code == "invalidProviderContent":
+        return False
+    if code in _SDK_AUTH_CODES or "ApiKey" in code or "Timeout" in code or code == "timeout":
+        return False
+    return code in _NOT_FOUND_CODES or code.endswith(("NotFound", "Expired"))
+
+
 def _class_for(code: str, status: int | None) -> type[ApiError]:
     """By code first (as the official SDKs do), then by HTTP status."""
     low = code.lower()
@@ -305,10 +377,10 @@ def _class_for(code: str, status: int | None) -> type[ApiError]:
         return CreditsError
     if code in _SAFETY_CODES:
         return SafetyError
-    if code in _NOT_FOUND_CODES:
-        return NotFoundError
     if code == "unknownModel" or low.startswith(_VALIDATION_PREFIXES):
         return RequestRejected
+    if is_not_found(code):
+        return NotFoundError
     if "ratelimit" in low:
         return RateLimited
     if "timeout" in low or code in _TRANSIENT_CODES:
@@ -554,8 +626,12 @@ class _Closed(Exception):
 class _Pending:
     """What is known so far about one task: finished items, errors, and poll bookkeeping."""
 
-    def __init__(self, task_uuid: str, number_results: int, deadline: float) -> None:
+    def __init__(
+        self, task_uuid: str, number_results: int, deadline: float, *, sync: bool = False
+    ) -> None:
         self.task_uuid = task_uuid
+        self.sync = sync  # delivered sync: getResponse may keep nothing (getTaskDetails may)
+        self.via_details = False  # polled with getTaskDetails (a sync task getResponse lost)
         self.n = max(1, number_results)
         self.deadline = deadline
         self.items: dict[str, dict[str, Any]] = {}
@@ -574,6 +650,8 @@ class _Pending:
         self.progress: float | None = None  # highest `progress` (0-100) of the last answer
         self.prev_progress = 0.0
         self.est_total: float | None = None  # accept→done estimated from progress
+        self.probe = False  # first polled early to learn whether the latency fell
+        self.canary = False  # tracked before any completion was seen
 
     def absorb(
         self,
@@ -626,41 +704,91 @@ class _Poller:
         self._seq = itertools.count()
         self._stopped = False
         self._durations: deque[float] = deque(maxlen=32)
+        self._tracked = 0
+        self._probe_next = False  # the last probe found its task done: probe again
+        self._progress_seen = False  # the server reports `progress` on processing items
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="krea-poll")
         self._thread = threading.Thread(target=self._run, name="krea-poll-scheduler", daemon=True)
         self._thread.start()
 
     # cadence -------------------------------------------------------------------------------
-    def _median(self) -> float | None:
+    def _target(self) -> float | None:
+        """The learnt completion time polls aim at: the median, or the 10th percentile once
+        the server reports `progress` (a first poll then tells when a slow task will end)."""
         with self._cond:
-            samples = list(self._durations)
-        return statistics.median(samples) if samples else None
+            samples = sorted(self._durations)
+            low = self._progress_seen
+        if not samples:
+            return None
+        if low:
+            return samples[int(LOW_QUANTILE * (len(samples) - 1))]
+        return statistics.median(samples)
 
-    def first_delay(self) -> float:
-        median = self._median()
-        if median is None:
-            return FIRST_POLL_START
-        return min(FIRST_POLL_MAX, max(FIRST_POLL_MIN, FIRST_POLL_FACTOR * median))
+    def first_delay(self, p: _Pending) -> float:
+        """Submit → first poll: `first_poll_s` until a completion is seen, then ~the target.
+
+        Every PROBE_EVERY-th task (and every task after a probe that found its task already
+        done) is a probe, first polled at PROBE_AT × the target, so a falling latency is seen.
+        """
+        target = self._target()
+        if target is None:
+            p.canary = True
+            return self._client.first_poll_s
+        with self._cond:
+            self._tracked += 1
+            p.probe = self._probe_next or self._tracked % PROBE_EVERY == 0
+        delay = (PROBE_AT if p.probe else FIRST_POLL_FACTOR) * target + FIRST_POLL_MARGIN
+        return min(FIRST_POLL_MAX, max(FIRST_POLL_MIN, delay))
 
     def first_interval(self) -> float:
-        median = self._median()
-        base = FIRST_POLL_START if median is None else median
-        return min(POLL_INTERVAL_CAP, max(POLL_INTERVAL_MIN, POLL_STEP_FACTOR * base))
+        target = self._target()
+        if target is None:
+            return FIRST_INTERVAL_START
+        return min(POLL_INTERVAL_CAP, max(POLL_INTERVAL_MIN, POLL_STEP_FACTOR * target))
 
     def _observe(self, p: _Pending, sent: float) -> None:
-        """Learn accept→done: the progress estimate, else the middle of the last poll gap."""
-        start = p.last_pending_at if p.last_pending_at is not None else p.accepted_at
-        sample = (start + sent) / 2 - p.accepted_at
-        if p.est_total is not None:
-            sample = min(max(p.est_total, start - p.accepted_at), sent - p.accepted_at)
+        """Learn accept→done from one finished task (see the module docstring).
+
+        Seen pending first: the `progress` estimate within the last poll gap, else the middle
+        of that gap. Done at its first poll: only an upper bound. A probe's bound clips every
+        sample above it (latency fell); an ordinary task's adds nothing, except as the first.
+        With `progress`, only canaries and probes (first polled early, so unbiased) are learnt
+        from: an ordinary task seen pending is a slow one.
+        """
+        elapsed = sent - p.accepted_at
         with self._cond:
+            if p.last_pending_at is None:
+                if p.probe:
+                    clipped = [min(d, elapsed) for d in self._durations]
+                    self._durations.clear()
+                    self._durations.extend(clipped or [elapsed])
+                    self._probe_next = True
+                elif not self._durations:  # the first completion: probe below it next
+                    self._durations.append(max(0.0, elapsed))
+                    self._probe_next = True
+                return
+            if self._progress_seen and not (p.probe or p.canary):
+                return
+            start = p.last_pending_at - p.accepted_at
+            if p.est_total is not None:
+                sample = min(max(p.est_total, start), elapsed)
+            else:
+                sample = (start + elapsed) / 2
+            if p.probe:
+                self._probe_next = False
             self._durations.append(max(0.0, sample))
+
+    @property
+    def seen_completion(self) -> bool:
+        """Whether this client has learnt a completion time yet."""
+        with self._cond:
+            return bool(self._durations)
 
     # scheduling ----------------------------------------------------------------------------
     def track(self, p: _Pending) -> None:
         """Start polling `p` (its first poll comes after the adaptive delay)."""
         p.interval = self.first_interval()
-        self._schedule(p, max(time.monotonic(), p.accepted_at + self.first_delay()))
+        self._schedule(p, max(time.monotonic(), p.accepted_at + self.first_delay(p)))
 
     def _schedule(self, p: _Pending, at: float) -> None:
         with self._cond:
@@ -734,6 +862,9 @@ class _Poller:
                     p.done.set()
 
     def _poll(self, batch: list[_Pending]) -> None:
+        if batch[0].via_details:
+            self._poll_details(batch[0])
+            return
         uuids = [p.task_uuid for p in batch]
         sent = time.monotonic()
         try:
@@ -772,29 +903,61 @@ class _Poller:
                 errors = [_error_entry(resp.error(p.task_uuid))]
             p.failures = 0
             p.empty_answers = 0 if items or errors else p.empty_answers + 1
-            if p.empty_answers >= 3:  # a known sync task: Runware keeps no result to poll
-                p.fatal = _result_lost(p.task_uuid)
-                p.done.set()
+            if not items and not errors:
+                self._client._count("empty_polls")
+            if p.sync and p.empty_answers >= EMPTY_ANSWERS_SYNC:
+                # A known sync task whose result getResponse does not keep: getTaskDetails may.
+                if self._client._details(p):
+                    p.via_details = True
+                    self._after_answer(p, sent)
+                else:
+                    p.fatal = _result_lost(p.task_uuid)
+                    p.done.set()
                 continue
+            # An accepted async task answering nothing is still queued: it is polled on, with
+            # backoff, until poll_timeout_s (never given up as lost).
             p.absorb(items, errors, None if resp.ok else resp.status)
-            if p.finished:
-                if p.learn and p.items and not p.errors:
-                    self._observe(p, sent)
-                p.done.set()
-            else:
-                p.last_pending_at = sent
-                self._reschedule(p, self._next_delay(p, sent))
+            self._after_answer(p, sent)
+
+    def _poll_details(self, p: _Pending) -> None:
+        """One getTaskDetails poll of a task whose getResponse answers nothing."""
+        sent = time.monotonic()
+        try:
+            found = self._client._details(p)
+        except ApiError as err:
+            self._failed(p, err, None)
+            return
+        if not found:
+            p.fatal = _result_lost(p.task_uuid)
+            p.done.set()
+            return
+        p.failures = 0
+        self._after_answer(p, sent)
+
+    def _after_answer(self, p: _Pending, sent: float) -> None:
+        """After an answer was absorbed: wake the caller if finished, else schedule a poll."""
+        if p.finished:
+            if p.learn and p.items and not p.errors:
+                self._observe(p, sent)
+            p.done.set()
+        else:
+            p.last_pending_at = sent
+            self._reschedule(p, self._next_delay(p, sent))
 
     def _next_delay(self, p: _Pending, sent: float) -> float:
         """Backoff ×1.5, or when `progress` rose: the time it predicts (at most the cap)."""
         delay = p.interval
         p.interval = min(POLL_INTERVAL_CAP, p.interval * POLL_BACKOFF)
         progress, elapsed = p.progress, sent - p.accepted_at
+        if progress is not None and not self._progress_seen:
+            with self._cond:
+                self._progress_seen = True
         if progress is not None and p.prev_progress < progress < 100 and elapsed > 0:
-            # +0.5: servers truncate progress to an integer (the emulator does)
-            p.est_total = elapsed * 100.0 / min(100.0, max(progress, 0.0) + 0.5)
+            # Servers truncate progress to an integer (the emulator does): reading it as is
+            # predicts a moment at or just after completion, never before it.
+            p.est_total = elapsed * 100.0 / min(100.0, max(progress, 1.0)) + PREDICT_MARGIN_S
             remaining = p.accepted_at + p.est_total - time.monotonic()
-            delay = min(POLL_INTERVAL_CAP, max(POLL_INTERVAL_MIN, remaining))
+            delay = min(PREDICT_CAP_S, max(POLL_INTERVAL_MIN, remaining))
         else:
             p.est_total = None
         p.prev_progress = max(p.prev_progress, progress or 0.0)
@@ -829,6 +992,13 @@ class _Poller:
         # Queued polls are dropped; one already on the wire ends within its read timeout.
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._thread.join(timeout=5)
+
+
+def _duration(seconds: float) -> float:
+    """A duration clamped to [0, MAX_DURATION_S] (threading and sockets overflow on huge ones)."""
+    if not seconds >= 0:  # NaN too
+        return 0.0
+    return min(float(seconds), MAX_DURATION_S)
 
 
 def _result_lost(task_uuid: str) -> ApiError:
@@ -872,6 +1042,8 @@ class Client:
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
         pool_size: int = 32,
+        first_poll_s: float = FIRST_POLL_S,
+        settle_s: float = 2.0,
     ) -> None:
         if delivery not in DELIVERY_METHODS:
             raise ConfigError(f"delivery must be one of {DELIVERY_METHODS}, not {delivery!r}")
@@ -881,6 +1053,14 @@ class Client:
             raise ConfigError("max_retries must be >= 0")
         self.base_url = base_url
         self._auth = f"Bearer {api_key}"
+        # Every duration is clamped: an absurd value (1e10 s) must never crash a paid cell.
+        timeout_s, connect_timeout_s, poll_timeout_s, backoff_base_s, backoff_cap_s = (
+            _duration(v)
+            for v in (timeout_s, connect_timeout_s, poll_timeout_s, backoff_base_s, backoff_cap_s)
+        )
+        self.first_poll_s = _duration(first_poll_s)
+        self.settle_s = _duration(settle_s)
+        self._details_supported = True  # until the server refuses getTaskDetails
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.max_retries = max_retries
@@ -918,14 +1098,23 @@ class Client:
         """Run one inference task to completion; raises ApiError subclasses if it fails wholly."""
         self._check_open()
         task = self._task_for(self.prepare(request), task_uuid)
+        billed = [False]  # whether any submit may have been accepted (and billed)
+        try:
+            return self._generate(task, task_uuid, billed)
+        except ApiError as err:
+            err.maybe_billed = billed[0]  # type: ignore[attr-defined]
+            raise
+
+    def _generate(self, task: dict[str, Any], task_uuid: str, billed: list[bool]) -> Generation:
         n = int(task.get("numberResults") or 1)
         submitted_at = utc_now()
         t0 = time.monotonic()
         deadline = t0 + self.poll_timeout_s
         attempts = 0
+        sync = task.get("deliveryMethod") == "sync"
         while True:
-            state = _Pending(task_uuid, n, deadline)
-            attempts, conflicted = self._submit(task, state, attempts)
+            state = _Pending(task_uuid, n, deadline, sync=sync)
+            attempts, conflicted = self._submit(task, state, attempts, billed)
             self._await(state)
             images, fetch_errors = self._collect(state, task)
             errors = state.task_errors() + fetch_errors
@@ -959,13 +1148,22 @@ class Client:
 
     def recover(self, task_uuid: str, number_results: int = 1) -> Generation | None:
         """After a crash: None if the server does not know `task_uuid`, else its finished result."""
+        try:
+            return self._recover(task_uuid, number_results)
+        except ApiError as err:
+            err.maybe_billed = True  # type: ignore[attr-defined]  # it was submitted before
+            raise
+
+    def _recover(self, task_uuid: str, number_results: int) -> Generation | None:
         self._check_open()
         submitted_at = utc_now()
         t0 = time.monotonic()
-        state = _Pending(task_uuid, number_results, t0 + self.poll_timeout_s)
+        state = _Pending(
+            task_uuid, number_results, t0 + self.poll_timeout_s, sync=self.delivery == "sync"
+        )
         state.learn = False
-        if not self._lookup(state):
-            return None
+        if not self._settle(state):
+            return None  # not known after the settle wait: submit it again, same taskUUID
         self._await(state)
         images, fetch_errors = self._collect(state, {})
         errors = state.task_errors() + fetch_errors + ([state.fatal] if state.fatal else [])
@@ -1019,11 +1217,15 @@ class Client:
         task.setdefault("outputType", self.output_type)
         return task
 
-    def _submit(self, task: dict[str, Any], state: _Pending, attempts: int) -> tuple[int, bool]:
+    def _submit(
+        self, task: dict[str, Any], state: _Pending, attempts: int, billed: list[bool]
+    ) -> tuple[int, bool]:
         """POST the task until the server holds it; returns (submits so far, got a conflict).
 
         On return `state` holds what the server said (sync results, an ack, or a known task).
-        A maybe-sent failure is followed by a getResponse check; only not-found re-submits.
+        A maybe-sent failure is followed by getResponse lookups over the settle wait; only an
+        answer of "not known" lasting that long re-submits (same taskUUID). `billed[0]` becomes
+        True once any submit may have been accepted.
         """
         task_uuid = str(task["taskUUID"])
         payload = [task]
@@ -1036,7 +1238,7 @@ class Client:
                 assert last is not None
                 self._sleep(wait if wait is not None else self._retry_delay(attempts - 1, None))
                 if unknown:
-                    if self._lookup(state):
+                    if self._settle(state):
                         log.info("task %s is known to the server; polling it", task_uuid)
                         state.learn = False
                         return attempts, False
@@ -1053,6 +1255,7 @@ class Client:
             except _SendFailed as failed:
                 self._count("retries_transport")
                 last, wait, unknown = failed.error, None, failed.maybe_sent
+                billed[0] = billed[0] or unknown
                 log.info("submit %s failed (%s); sent=%s", task_uuid, last, unknown)
                 continue
             except _Closed:
@@ -1060,8 +1263,11 @@ class Client:
             if resp.ok and resp.body is not None:
                 per_task, _ = _by_task(resp.body, [task_uuid])
                 items, errors = per_task[task_uuid]
+                billed[0] = True
                 if not items and any(e.get("code") == "conflictTaskUUID" for e in errors):
                     return attempts, self._after_conflict(state)
+                if not items and errors and not any(_is_error(e) for e in errors):
+                    billed[0] = False  # rejected before acceptance (e.g. validation): not billed
                 state.accepted_at = time.monotonic()
                 state.absorb(items, errors)
                 return attempts, False
@@ -1073,37 +1279,127 @@ class Client:
                     task_uuid=task_uuid,
                 )
                 wait, unknown = None, True
+                billed[0] = True
                 continue
             err = resp.error(task_uuid)
             if err.code == "conflictTaskUUID":
+                billed[0] = True
                 return attempts, self._after_conflict(state)
             if not err.retryable:
                 raise _with_task(err, task_uuid)
             # 5xx: the server may have accepted (and billed) the task; 408/429: it refused it.
             unknown = resp.status >= 500
+            billed[0] = billed[0] or unknown
             last, wait = err, self._retry_delay(attempts - 1, resp.retry_after)
             log.info("submit %s answered %s; retrying", task_uuid, err)
 
     def _after_conflict(self, state: _Pending) -> bool:
-        """conflictTaskUUID: the task exists; fetch it (never re-submit). Returns True."""
+        """conflictTaskUUID: the task exists; fetch it (never re-submit). Returns True.
+
+        getResponse knows it: polled. It answers nothing: a sync task is asked with
+        getTaskDetails (else ``resultLost``); an async one is still queued and is polled until
+        ``poll_timeout_s``. It says "not found" by code: the task is gone (failed or expired),
+        ApiError ``taskGone`` — its taskUUID cannot be used again (the runner takes a new one).
+        """
         log.info("task %s already exists on the server; polling it", state.task_uuid)
-        if not self._lookup(state):
-            raise TransientError(
-                f"outcomeUnknown: task {state.task_uuid} conflicts but getResponse does not know"
-                " it; not re-submitted",
-                code="outcomeUnknown",
+        state.learn = False
+        found = self._lookup(state)
+        if found == "known":
+            return True
+        if state.sync:
+            if self._details(state):
+                state.via_details = not state.finished
+                return True
+            raise _result_lost(state.task_uuid)
+        if found == "gone":
+            raise ApiError(
+                f"taskGone: task {state.task_uuid} exists (conflictTaskUUID) but getResponse"
+                " says it is not found; a new taskUUID is needed",
+                code="taskGone",
                 task_uuid=state.task_uuid,
             )
-        state.learn = False
-        return True
+        return True  # answers nothing yet: queued; polled (empty answers are fine) until timeout
 
-    def _lookup(self, state: _Pending) -> bool:
-        """getResponse for `state`'s task: True (and absorbed) if the server knows it.
+    def _settle(self, state: _Pending) -> bool:
+        """Look the task up until it is known, or "not known" has lasted `settle_s`: True if known.
 
-        False only on a not-found answer (taskFailedOrNotFound). Retries its own transport/5xx
-        failures and raises TransientError if it cannot tell; an empty answer (a finished sync
-        task: Runware keeps no result) raises ApiError `resultLost`. So an unknown outcome
-        never becomes a re-submit.
+        An accepted task can answer nothing (queued, or a finished sync task) or even "not
+        found" for a while; only an answer that stays so for the whole settle wait lets the
+        caller re-submit (with the same taskUUID). A sync task is also asked getTaskDetails.
+        """
+        deadline = time.monotonic() + self.settle_s
+        step = max(self.settle_s / SETTLE_LOOKUPS, 0.01)
+        asked_details = False
+        while True:
+            if self._lookup(state) == "known":
+                return True
+            if state.sync and not asked_details:
+                asked_details = True
+                if self._details(state):
+                    state.via_details = not state.finished
+                    return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._count("settle_waits")
+            self._sleep(min(step, left))
+
+    def _details(self, state: _Pending) -> bool:
+        """getTaskDetails for `state`'s task: True (and absorbed) if it tells the task's result.
+
+        False when the server does not support it (remembered), does not know the task, or has
+        nothing for it. Raises TransientError when it cannot get an answer.
+        """
+        if not self._details_supported:
+            return False
+        self._count("task_details")
+        task_uuid = state.task_uuid
+        last: ApiError | None = None
+        for k in range(self.poll_failure_limit + 1):
+            if k:
+                self._sleep(self._retry_delay(k - 1, None))
+            try:
+                resp = self._post([{"taskType": "getTaskDetails", "taskUUID": task_uuid}])
+            except _SendFailed as failed:
+                last = failed.error
+                continue
+            except _Closed:
+                raise TransientError("client closed", code="clientClosed") from None
+            if (resp.ok and resp.body is None) or (not resp.ok and resp.error().retryable):
+                last = resp.error(task_uuid)
+                continue
+            if not resp.ok:
+                err = resp.error(task_uuid)
+                if err.code in ("unsupportedTaskType", "invalidTaskType") or resp.status == 404:
+                    self._details_supported = False
+                return False
+            per_task, _ = _by_task(resp.body, [task_uuid])
+            items: list[dict[str, Any]] = []
+            errors: list[dict[str, Any]] = []
+            for entry in per_task[task_uuid][0]:
+                response = entry.get("response")
+                inner, inner_errors = _by_task(
+                    response if isinstance(response, Mapping) else None, [task_uuid]
+                )[0][task_uuid]
+                items.extend(inner)
+                errors.extend(inner_errors)
+            if not items and not errors:
+                return False
+            state.absorb(items, errors)
+            return True
+        raise TransientError(
+            f"outcomeUnknown: getTaskDetails for task {task_uuid} got no answer ({last})",
+            code="outcomeUnknown",
+            task_uuid=task_uuid,
+        )
+
+    def _lookup(self, state: _Pending) -> str:
+        """getResponse for `state`'s task: "known" (and absorbed), "absent" or "gone".
+
+        "absent": the answer says nothing ({"data": []}: not accepted, still queued, or a
+        finished sync task). "gone": a not-found code (any form Runware's SDK reads as not
+        found). Retries its own transport/5xx failures and raises TransientError
+        ``outcomeUnknown`` if it cannot tell, so an unknown outcome never becomes a re-submit.
         """
         self._count("checks")
         task_uuid = state.task_uuid
@@ -1130,19 +1426,18 @@ class Client:
             per_task, _ = _by_task(resp.body, [task_uuid])
             items, errors = per_task[task_uuid]
             if not items:
-                if not resp.ok:
+                if not resp.ok and not errors:
                     err = resp.error(task_uuid)
-                    if isinstance(err, NotFoundError):
-                        return False
-                    if not errors:
-                        raise _with_task(err, task_uuid)
-                codes = {str(_flatten_error(e).get("code") or "") for e in errors}
-                if codes & _NOT_FOUND_CODES:
-                    return False
+                    if is_not_found(err.code or ""):
+                        return "gone"
+                    raise _with_task(err, task_uuid)
+                codes = [str(_flatten_error(e).get("code") or "") for e in errors]
                 if not errors:
-                    raise _result_lost(task_uuid)
+                    return "absent"
+                if all(is_not_found(c) for c in codes):
+                    return "gone"
             state.absorb(items, errors, None if resp.ok else resp.status)
-            return True
+            return "known"
         raise TransientError(
             f"outcomeUnknown: cannot tell whether task {task_uuid} was accepted; not re-submitted"
             f" ({last})",
@@ -1156,7 +1451,7 @@ class Client:
         self._poller.track(state)
         grace = self.timeout_s + self.connect_timeout_s + 5.0
         remaining = max(0.0, state.deadline - time.monotonic()) + grace
-        if not state.done.wait(remaining):
+        if not state.done.wait(_duration(remaining)):
             self._poller.cancel(state)
             state.fatal = TransientError(
                 f"pollTimeout: timed out waiting for task {state.task_uuid}",
@@ -1235,7 +1530,7 @@ class Client:
     def _refetch_item(self, task_uuid: str, image_uuid: str) -> dict[str, Any] | None:
         probe = _Pending(task_uuid, 1, time.monotonic() + self.timeout_s)
         try:
-            if not self._lookup(probe):
+            if self._lookup(probe) != "known":
                 return None
         except ApiError:
             return None

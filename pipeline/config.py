@@ -111,7 +111,7 @@ class FaultsConfig:
 class EmulatorConfig:
     """`api.emulator`: how the emulator answers the protocol's open behaviours."""
 
-    unknown_task: UnknownTask = UnknownTask.empty
+    unknown_task: UnknownTask = UnknownTask.taskFailedOrNotFound
     queued_polls: int = num(0, 0, 1000)
     repeated_task: RepeatedTask = RepeatedTask.conflict
     sync_pollable: bool = False
@@ -136,6 +136,7 @@ class ApiConfig:
     batch_polls: bool = False
     poll_timeout_s: float = num(1200.0, 0.001, 86400)
     first_poll_s: float = num(1.0, 0, 3600)
+    settle_s: float = num(2.0, 0, 3600)
     latency_s: float = num(0.0, 0, 3600)
     latency_sigma: float = num(0.0, 0, 10)
     fault_seed: int | None = num(None, 0, MAX_SEED)

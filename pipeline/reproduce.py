@@ -739,6 +739,7 @@ def reproduce_job(cfg: dict[str, Any], ctx: JobContext) -> int:
         store=store,
         price_table=price_table,
         run_dir=ctx.run_dir,
+        budget=settings.budget_settings(cfg),
     )
     rows = compare(selection.targets, ctx.run_dir, originals - {""})
     report = ctx.run_dir / REPORT_NAME

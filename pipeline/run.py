@@ -80,6 +80,7 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
         price_table=price_table,
         run_dir=ctx.run_dir,
         report_dir=ctx.run_dir.parent if ctx.multirun else None,
+        budget=settings.budget_settings(cfg),
     )
 
 
@@ -118,6 +119,7 @@ def execute(
     price_table: dict[str, Any],
     run_dir: Path,
     report_dir: Path | None = None,
+    budget: settings.BudgetSettings | None = None,
 ) -> int:
     """Run a gated plan's cells on its backend (the built-in emulator if none); the exit code."""
     from pipeline import runner  # the run itself; imported here so a dry run stays light
@@ -127,16 +129,15 @@ def execute(
         if api.backend == "emulator" and base_url is None:
             from pipeline.emulator import Emulator
 
-            try:
-                emulator = Emulator(
-                    0,
-                    latency_s=api.latency_s,
-                    faults=api.faults,
-                    ledger=Path(api.ledger) if api.ledger else None,
-                    fault_seed=api.fault_seed,
-                )
-            except ValueError as exc:  # a fault this emulator does not inject
-                raise ConfigError(f"api.faults: {exc}") from exc
+            emulator = Emulator(
+                0,
+                latency_s=api.latency_s,
+                faults=api.faults,
+                ledger=Path(api.ledger) if api.ledger else None,
+                fault_seed=api.fault_seed,
+                latency_sigma=api.latency_sigma,
+                **api.emulator.kwargs(),
+            )
             base_url = stack.enter_context(emulator).base_url
         assert base_url is not None
         return runner.run_sweep(
@@ -151,6 +152,7 @@ def execute(
             price_table=price_table,
             run_dir=run_dir,
             report_dir=report_dir,
+            budget=budget,
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import queue
 import threading
 import time
@@ -31,7 +32,7 @@ from pipeline.journal import Journal, read_journal
 from pipeline.plan import Plan
 from pipeline.pricing import usd
 from pipeline.progress import Progress, shown
-from pipeline.settings import ApiSettings, RunnerSettings
+from pipeline.settings import ApiSettings, BudgetSettings, RunnerSettings
 from pipeline.store import Store, StoredCell
 from pipeline.sweep import Cell
 
@@ -68,6 +69,10 @@ class Outcome:
     interrupted: bool = False
     not_run: int = 0
     wall_s: float = 0.0
+    maybe_billed_usd: float = 0.0  # failed cells whose task may have been billed, at estimate
+    maybe_billed_cells: int = 0
+    price_note: str = ""  # what the price check saw
+    cell_ids: set[str] = field(default_factory=set)  # the cells of this plan that were seen
 
     @property
     def exit_code(self) -> int:
@@ -94,6 +99,8 @@ class Runner:
         cfg: RunnerSettings,
         backend: str,
         total_cells: int,
+        price_check: bool = False,
+        price_tolerance: float = 0.1,
     ) -> None:
         self.sweep = sweep
         self.client = client
@@ -126,6 +133,11 @@ class Runner:
         self._in_flight = 0
         self._in_flight_usd = 0.0
         self._billed_vs_estimate = [0.0, 0.0]  # billed and estimated USD of finished cells
+        self._maybe_billed_usd = 0.0  # failed tasks that may have been billed, at their estimate
+        # The price check before fan-out: "pending" (no priced image yet), "probing" (one cell
+        # runs alone), "done". Off: "done" from the start.
+        self._price = "pending" if price_check else "done"
+        self.price_tolerance = price_tolerance
         self._stop_reason = ""
         self._queue: queue.Queue[tuple[Cell, float] | None] = queue.Queue()
         self._workers = [
@@ -145,7 +157,10 @@ class Runner:
             iterator = iter(cells)
             for cell in iterator:
                 if not self._dispatch(cell):  # submitting stopped: this cell and the rest not run
-                    remaining = 1 + sum(1 for _ in iterator)
+                    remaining = 1
+                    for rest in iterator:
+                        remaining += 1
+                        self.outcome.cell_ids.add(rest.cell_id)
                     break
             self._drain(timeout=None)
         except KeyboardInterrupt:
@@ -174,6 +189,7 @@ class Runner:
 
     def _dispatch(self, cell: Cell) -> bool:
         """Answer a cell from this run dir or the store, or hand it to a worker; False: stopped."""
+        self.outcome.cell_ids.add(cell.cell_id)
         if cell.cell_id in self.done_here:
             self._count(self.done_here[cell.cell_id], 0, 0.0)
             return True
@@ -189,7 +205,11 @@ class Runner:
             while True:
                 if self._stop_reason:
                     return False
-                over = self.outcome.billed_usd + self._in_flight_usd + estimate > self.budget + 1e-9
+                if self._price == "probing":  # the price check: the first cell runs alone
+                    self._idle.wait(0.5)
+                    continue
+                spent = self.outcome.billed_usd + self._maybe_billed_usd
+                over = spent + self._in_flight_usd + estimate > self.budget + 1e-9
                 if over and self._in_flight == 0:
                     self._stop(
                         f"budget reached: {usd(self.outcome.billed_usd)} billed, the next cell "
@@ -199,6 +219,8 @@ class Runner:
                 if not over and self._in_flight < self.cfg.concurrency:
                     break
                 self._idle.wait(0.5)
+            if self._price == "pending":
+                self._price = "probing"
             self._in_flight += 1
             self._in_flight_usd += estimate
         self._queue.put((cell, estimate))
@@ -233,6 +255,8 @@ class Runner:
                 self._unrecorded(cell, estimate, exc)
             finally:
                 with self._idle:
+                    if self._price == "probing":  # no priced image from the probe: next cell
+                        self._price = "pending"
                     self._in_flight -= 1
                     self._in_flight_usd -= reserved
                     self._idle.notify_all()
@@ -262,6 +286,8 @@ class Runner:
         except ApiError as exc:
             if isinstance(exc, AuthError | CreditsError):
                 self._stop(f"{type(exc).__name__}: {exc}")
+            if exc.code == "taskGone":  # the server holds that taskUUID but has no result
+                self.store.record_intent(cell.cell_id, str(uuid.uuid4()))
             self._record_failure(cell, estimate, exc, task_uuid)  # the intent stays: a rerun asks
             return
         except Exception as exc:  # an unexpected bug in one cell must not lose the others
@@ -308,8 +334,18 @@ class Runner:
         rows = manifest.generation_rows(base, gen, paths)
         ok = [row for row in rows if row["status"] == "ok"]
         whole = len(ok) == len(rows)
-        if whole:  # only whole cells go in the store
-            self.store.put(cell.cell_id, manifest.store_record(ok), files)
+        if whole and not self.store.put(cell.cell_id, manifest.store_record(ok), files):
+            stored = self.store.get(cell.cell_id, backend=self.backend)
+            theirs = {
+                img.get("task_uuid") for img in (stored.record if stored else {}).get("images", [])
+            }
+            if stored is not None and theirs == {gen.task_uuid}:
+                # Another run stored this same task first (a concurrent run followed its intent,
+                # or the reverse): it is that run's bill; here it is a cached cell.
+                self.store.clear_intent(cell.cell_id)
+                self._from_store(cell, stored)
+                self._price_seen(0.0, 0.0)
+                return
         if whole or recovered:
             # Settled. A partial result straight from a submit keeps its intent: a rerun asks for
             # the same task again (free; e.g. a failed download) before paying for a new one.
@@ -318,17 +354,64 @@ class Runner:
         per_image = estimate / max(int(cell.request.get("numberResults", 1)), 1)
         # Toward the budget, an image the API did not price counts at its estimate, never as free.
         billed = sum(per_image if row["cost_usd"] is None else float(row["cost_usd"]) for row in ok)
+        priced = [float(row["cost_usd"]) for row in ok if row["cost_usd"] is not None]
         with self._lock:
             self._billed_vs_estimate[0] += billed
             self._billed_vs_estimate[1] += per_image * len(ok)
+            if len(ok) < len(rows) and gen.task_uuid:  # the missing images may be billed too
+                self._maybe_billed_usd += per_image * (len(rows) - len(ok))
+        if ok and not priced:
+            self._price_unknown()
+        self._price_seen(sum(priced), per_image * len(priced))
         self._count("ok" if len(ok) == len(rows) else "failed", len(ok), billed)
         if len(ok) != len(rows):
             with self._lock:
                 self.outcome.failures[str(rows[-1]["error_code"])] += 1
 
+    def _price_unknown(self) -> None:
+        """The probe's images carry no cost: the check cannot be made; fan out on estimates."""
+        with self._idle:
+            if self._price == "probing":
+                self.outcome.price_note = (
+                    "price check: the API reported no cost; the budget counts estimates"
+                )
+                self._price = "done"
+                self._idle.notify_all()
+
+    def _price_seen(self, billed: float, estimated: float) -> None:
+        """The price check: compare the probe's billed cost with its estimate; stop or fan out."""
+        with self._idle:
+            if self._price != "probing" or estimated <= 0:
+                return
+            ratio = billed / estimated
+            over = ratio - 1.0
+            self.outcome.price_note = (
+                f"price check: the first image billed {usd(billed)} vs {usd(estimated)} "
+                f"estimated ({over:+.0%})"
+            )
+            if over > self.price_tolerance + 1e-9:
+                accept = math.ceil(over * 100 + 1) / 100
+                self._stop(
+                    f"{self.outcome.price_note}, beyond budget.price_tolerance="
+                    f"{self.price_tolerance:g}; nothing else was submitted. Update the price "
+                    f"table in conf/pricing/ (or pricing.models…), or accept the drift with "
+                    f"budget.price_tolerance={accept:g}"
+                )
+            self._price = "done"
+            self._idle.notify_all()
+
     def _record_failure(
         self, cell: Cell, estimate: float, exc: Exception, task_uuid: str | None
     ) -> None:
+        if task_uuid and getattr(exc, "maybe_billed", not isinstance(exc, ApiError)) is not False:
+            # Accepted or of unknown outcome: it counts at its estimate (at the observed price)
+            # toward spending, until a rerun recovers it and learns its cost.
+            with self._lock:
+                billed, estimated = self._billed_vs_estimate
+                scale = max(1.0, billed / estimated) if estimated else 1.0
+                self._maybe_billed_usd += estimate * scale
+                self.outcome.maybe_billed_usd += estimate * scale
+                self.outcome.maybe_billed_cells += 1
         base = manifest.cell_row(cell, estimated_cost_usd=estimate, backend=self.backend)
         attempts = int(getattr(exc, "attempts", 0) or (1 if task_uuid else 0))
         row = manifest.failed_row(base, exc, task_uuid=task_uuid, attempts=attempts)
@@ -382,8 +465,10 @@ def run_sweep(
     price_table: dict[str, Any],
     run_dir: Path,
     report_dir: Path | None = None,
+    budget: BudgetSettings | None = None,
 ) -> int:
     """Run the cells, write the manifest, print the summary; returns the exit code."""
+    check = budget is not None and budget.check_price(api.backend)
     client = Client(
         base_url,
         key,
@@ -396,6 +481,8 @@ def run_sweep(
         batch_polls=api.batch_polls,
         poll_timeout_s=api.poll_timeout_s,
         pool_size=runner_cfg.concurrency + 8,
+        first_poll_s=api.first_poll_s,
+        settle_s=api.settle_s,
     )
     try:
         runner = Runner(
@@ -408,21 +495,38 @@ def run_sweep(
             cfg=runner_cfg,
             backend=api.backend,
             total_cells=plan.cells,
+            price_check=check,
+            price_tolerance=budget.price_tolerance if budget is not None else 0.1,
         )
         outcome = runner.run(cells)
     finally:
         client.close()
     outcome.estimated_usd = plan.estimate_usd
-    frame = manifest.rebuild(run_dir, sweep.axis_names)
+    whole = manifest.rebuild(run_dir, sweep.axis_names)
+    # The manifest describes this plan: rows of cells an earlier, different sweep left in this
+    # run dir stay in journal.jsonl only. (After Ctrl-C not every cell was seen: keep all.)
+    frame = whole
+    if not outcome.interrupted:
+        frame = whole[whole["cell_id"].isin(outcome.cell_ids)].reset_index(drop=True)
     parquet_path, _ = manifest.write(frame, run_dir)
-    print(summary(outcome, frame, run_dir, parquet_path, report_dir or run_dir), flush=True)
+    left_out = len(whole) - len(frame)
+    print(
+        summary(outcome, frame, run_dir, parquet_path, report_dir or run_dir, left_out=left_out),
+        flush=True,
+    )
     return outcome.exit_code
 
 
 def summary(
-    outcome: Outcome, frame: Any, run_dir: Path, parquet_path: Path, report_dir: Path
+    outcome: Outcome,
+    frame: Any,
+    run_dir: Path,
+    parquet_path: Path,
+    report_dir: Path,
+    *,
+    left_out: int = 0,
 ) -> str:
-    """The end-of-run summary for a person."""
+    """The end-of-run summary for a person (the README's "What the cost figures count")."""
     failed = frame[frame["status"] == "failed"]
     by_code = failed["error_code"].value_counts().to_dict() if len(failed) else {}
     lines = [
@@ -432,8 +536,27 @@ def summary(
     ]
     if by_code:
         lines.append("failures " + ", ".join(f"{code} × {n}" for code, n in by_code.items()))
-    billed = float(frame["cost_usd"].fillna(0).sum())
-    lines.append(f"cost     {usd(billed)} billed vs {usd(outcome.estimated_usd)} estimated")
+    # Billed and estimated over the same images: the ones this run dir paid for (status ok).
+    paid = frame[frame["status"] == "ok"]
+    billed = float(paid["cost_usd"].fillna(0).sum())
+    estimated = float(paid["estimated_cost_usd"].fillna(0).sum())
+    lines.append(
+        f"cost     {usd(billed)} billed vs {usd(estimated)} estimated for the "
+        f"{len(paid):,} image(s) paid for here"
+    )
+    if outcome.maybe_billed_cells:
+        lines.append(
+            f"unsettled {usd(outcome.maybe_billed_usd)} at estimate: "
+            f"{outcome.maybe_billed_cells:,} task(s) accepted or of unknown outcome, no result "
+            "yet; a rerun recovers them by taskUUID (not paid again)"
+        )
+    if outcome.price_note:
+        lines.append(outcome.price_note)
+    if left_out:
+        lines.append(
+            f"note     {left_out:,} row(s) of cells not in this plan (an earlier sweep in this run"
+            " dir) are left out of the manifest; journal.jsonl keeps them"
+        )
     lines.append(f"wall     {outcome.wall_s:,.1f} s")
     if outcome.interrupted:
         lines.append(

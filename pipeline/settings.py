@@ -6,7 +6,7 @@ import ipaddress
 import math
 import os
 import stat
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -19,25 +19,15 @@ FAULT_NAMES = (
     "http_500",
     "http_503",
     "http_504",
-    "disconnect",
-    "stall",
     "accepted_500",
     "accepted_disconnect",
+    "disconnect",
+    "stall",
 )
+UNKNOWN_TASK = ("empty", "taskFailedOrNotFound", "taskNotFound", "taskExpired")
+REPEATED_TASK = ("conflict", "replay", "charge")
+PRICE_CHECK = ("auto", "on", "off")
 RUNWARE_URL = "https://api.runware.ai/v1"
-
-
-@dataclass(frozen=True)
-class EmulatorSettings:
-    """How the built-in emulator answers the protocol's open behaviours (`api.emulator`)."""
-
-    unknown_task: str = "empty"  # empty | taskFailedOrNotFound | taskNotFound | taskExpired
-    queued_polls: int = 0
-    repeated_task: str = "conflict"  # conflict | replay | charge
-    sync_pollable: bool = False
-    task_details: bool = True
-    credits_status: int = 402  # 402 | 400
-    price_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -60,18 +50,40 @@ class ApiSettings:
     ledger: str | None = None
     faults: dict[str, float] = field(default_factory=dict)
     auto: bool = False  # the backend was chosen by api=auto (from whether a key is set)
-    first_poll_s: float = 1.0
-    latency_sigma: float = 0.0
-    emulator: EmulatorSettings = field(default_factory=EmulatorSettings)
+    first_poll_s: float = 1.0  # no task polled sooner, before this run has seen a completion
+    settle_s: float = 2.0  # how long a "not known" answer must last before a re-submit
+    latency_sigma: float = 0.0  # emulator only: lognormal spread of the latency
+    emulator: EmulatorBehaviour = field(default_factory=lambda: EmulatorBehaviour())
+
+
+@dataclass(frozen=True)
+class EmulatorBehaviour:
+    """How the built-in emulator answers the questions Runware's docs leave open."""
+
+    unknown_task: str = "taskFailedOrNotFound"
+    queued_polls: int = 0
+    repeated_task: str = "conflict"
+    sync_pollable: bool = False
+    task_details: bool = True
+    credits_status: int = 402
+    price_factor: float = 1.0
+
+    def kwargs(self) -> dict[str, Any]:
+        """As keyword arguments of `pipeline.emulator.Emulator`."""
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
 class BudgetSettings:
-    """Spending limits and the running price check (`budget`)."""
+    """The budget and the price check before fan-out."""
 
     max_usd: float
-    price_tolerance: float = 0.1
-    price_check: str = "auto"  # auto | on | off
+    price_check: str  # auto | on | off
+    price_tolerance: float
+
+    def check_price(self, backend: str) -> bool:
+        """Whether the first billed image is compared with its estimate before fanning out."""
+        return self.price_check == "on" or (self.price_check == "auto" and backend == "runware")
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,44 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
     fault_seed = cfg.get("fault_seed")
     if fault_seed is not None and not isinstance(fault_seed, int):
         raise ConfigError(f"api.fault_seed must be a whole number or null, got {fault_seed!r}")
+    emu = dict(cfg.get("emulator") or {})
+    unknown_emu = sorted(set(emu) - set(EmulatorBehaviour.__dataclass_fields__))
+    if unknown_emu:
+        raise ConfigError(f"api.emulator.{unknown_emu[0]} is not an emulator behaviour")
+    defaults = EmulatorBehaviour()
+    credits_status = emu.get("credits_status", defaults.credits_status)
+    if credits_status not in (402, 400) or isinstance(credits_status, bool):
+        raise ConfigError(f"api.emulator.credits_status must be 402 or 400, got {credits_status!r}")
+    behaviour = EmulatorBehaviour(
+        unknown_task=_choice(
+            {"unknown_task": emu.get("unknown_task", defaults.unknown_task)},
+            "unknown_task",
+            "api.emulator",
+            UNKNOWN_TASK,
+        ),
+        queued_polls=_num(
+            {"queued_polls": emu.get("queued_polls", 0)}, "queued_polls", "api.emulator", kind=int
+        ),
+        repeated_task=_choice(
+            {"repeated_task": emu.get("repeated_task", defaults.repeated_task)},
+            "repeated_task",
+            "api.emulator",
+            REPEATED_TASK,
+        ),
+        sync_pollable=_bool(
+            {"sync_pollable": emu.get("sync_pollable", False)}, "sync_pollable", "api.emulator"
+        ),
+        task_details=_bool(
+            {"task_details": emu.get("task_details", True)}, "task_details", "api.emulator"
+        ),
+        credits_status=int(credits_status),
+        price_factor=_num(
+            {"price_factor": emu.get("price_factor", 1.0)},
+            "price_factor",
+            "api.emulator",
+            low=1e-6,
+        ),
+    )
     return ApiSettings(
         backend=backend,
         base_url=str(base_url) if base_url else None,
@@ -156,27 +206,12 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
         ledger=str(cfg["ledger"]) if cfg.get("ledger") else None,
         faults={k: float(v) for k, v in faults.items() if v},  # zero rates: no such fault
         auto=auto,
-        first_poll_s=_num(cfg, "first_poll_s", "api") if "first_poll_s" in cfg else 1.0,
-        latency_sigma=_num(cfg, "latency_sigma", "api") if "latency_sigma" in cfg else 0.0,
-        emulator=emulator_settings(cfg.get("emulator") or {}),
-    )
-
-
-def emulator_settings(cfg: dict[str, Any]) -> EmulatorSettings:
-    """Check the `api.emulator` node (absent keys keep their defaults)."""
-    e, where = {**asdict(EmulatorSettings()), **cfg}, "api.emulator"
-    unknown = ("empty", "taskFailedOrNotFound", "taskNotFound", "taskExpired")
-    status = _num(e, "credits_status", where, kind=int)
-    if status not in (402, 400):
-        raise ConfigError(f"{where}.credits_status must be 402 or 400, got {status}")
-    return EmulatorSettings(
-        unknown_task=_choice(e, "unknown_task", where, unknown),
-        queued_polls=_num(e, "queued_polls", where, kind=int),
-        repeated_task=_choice(e, "repeated_task", where, ("conflict", "replay", "charge")),
-        sync_pollable=_bool(e, "sync_pollable", where),
-        task_details=_bool(e, "task_details", where),
-        credits_status=status,
-        price_factor=_num(e, "price_factor", where),
+        first_poll_s=_num({"first_poll_s": cfg.get("first_poll_s", 1.0)}, "first_poll_s", "api"),
+        settle_s=_num({"settle_s": cfg.get("settle_s", 2.0)}, "settle_s", "api"),
+        latency_sigma=_num(
+            {"latency_sigma": cfg.get("latency_sigma", 0.0)}, "latency_sigma", "api"
+        ),
+        emulator=behaviour,
     )
 
 
@@ -247,16 +282,17 @@ def budget_usd(cfg: dict[str, Any]) -> float:
 
 
 def budget_settings(cfg: dict[str, Any]) -> BudgetSettings:
-    """The `budget` node: `max_usd`, and the price check's tolerance and mode."""
+    """The `budget` node: the limit, and the price check before fan-out."""
     node = cfg.get("budget") or {}
+    check = node.get("price_check", "auto")
+    if check is True or check is False:  # YAML reads a bare on/off as a boolean
+        check = "on" if check else "off"
     return BudgetSettings(
         max_usd=budget_usd(cfg),
-        price_tolerance=_num(node, "price_tolerance", "budget")
-        if "price_tolerance" in node
-        else 0.1,
-        price_check=_choice(node, "price_check", "budget", ("auto", "on", "off"))
-        if "price_check" in node
-        else "auto",
+        price_check=_choice({"price_check": check}, "price_check", "budget", PRICE_CHECK),
+        price_tolerance=_num(
+            {"price_tolerance": node.get("price_tolerance", 0.1)}, "price_tolerance", "budget"
+        ),
     )
 
 

@@ -23,6 +23,17 @@ def test_latency_benchmark_runs() -> None:
     assert 0 < result["efficiency"] <= 1.0
 
 
+def test_polling_benchmark_runs() -> None:
+    args = ("--images", "6", "--latency", "0.2", "--concurrency", "3", "--sigma", "0.3")
+    result = child("polling", *args, timeout=300)
+    assert [(r["sigma"], r["concurrency"]) for r in result["rows"]] == [(0.0, 3), (0.3, 3)]
+    for row in result["rows"]:
+        for who in ("runner", "sdk"):
+            assert row[who]["billed"] == 6 and 0 < row[who]["efficiency"] <= 1.0
+            assert row[who]["polls_per_image"] >= 1.0
+    assert len(table_cmd.polling_rows(result, True)) == 2
+
+
 def test_rerun_benchmark_sends_nothing() -> None:
     result = child("rerun", "--cells", "20", "--concurrency", "4", timeout=180)
     assert result["rerun_images"] == 20 and result["setup_billed"] == 20

@@ -100,6 +100,7 @@ def make_client(base_url: str, **kw: Any) -> Client:
         "backoff_base_s": 0.01,
         "backoff_cap_s": 0.05,
         "connect_timeout_s": 2.0,
+        "settle_s": 0.0,  # one lookup before a re-submit (scripts below); settle tests set it
     }
     opts.update(kw)
     return Client(base_url, KEY, **opts)
@@ -321,21 +322,34 @@ def test_503_retry_after_http_date(srv: ScriptedServer, sync_client: Client) -> 
     srv.reply(
         Reply(503, "busy", headers={"Retry-After": when}),
         not_found(task_uuid),
+        not_found(task_uuid),  # getTaskDetails (a sync task: getResponse keeps nothing)
         Reply(200, ok(item(task_uuid))),
     )
     gen = sync_client.generate(REQUEST, task_uuid)
     assert gen.attempts == 2
     assert srv.requests[1].at - srv.requests[0].at >= 0.9  # an HTTP date has 1 s resolution
-    assert srv.task_types() == ["imageInference", "getResponse", "imageInference"]
+    assert srv.task_types() == [
+        "imageInference",
+        "getResponse",
+        "getTaskDetails",
+        "imageInference",
+    ]
 
 
 def test_500_empty_body_then_success(srv: ScriptedServer, sync_client: Client) -> None:
     task_uuid = tid()
-    srv.reply(Reply(500), not_found(task_uuid), Reply(200, ok(item(task_uuid))))
+    srv.reply(
+        Reply(500), not_found(task_uuid), not_found(task_uuid), Reply(200, ok(item(task_uuid)))
+    )
     gen = sync_client.generate(REQUEST, task_uuid)
     assert gen.attempts == 2 and len(gen.images) == 1
     # a 5xx may have been accepted: ask before re-submitting, with the same taskUUID
-    assert srv.task_types() == ["imageInference", "getResponse", "imageInference"]
+    assert srv.task_types() == [
+        "imageInference",
+        "getResponse",
+        "getTaskDetails",
+        "imageInference",
+    ]
     assert inference_uuids(srv) == [task_uuid, task_uuid]
 
 
@@ -674,20 +688,33 @@ def test_recover(srv: ScriptedServer, client: Client) -> None:
     assert srv.task_types() == ["getResponse", "getResponse"]
 
 
-def test_recover_empty_answer_is_a_lost_result(srv: ScriptedServer, client: Client) -> None:
-    srv.reply(Reply(200, {"data": []}))  # a finished sync task: known, but nothing kept
-    with pytest.raises(ApiError) as info:
-        client.recover(tid())
-    assert info.value.code == "resultLost" and not info.value.retryable
+def test_recover_empty_answer_means_not_known(srv: ScriptedServer, client: Client) -> None:
+    """{"data": []} is how some servers answer for a taskUUID they never accepted."""
+    srv.reply(Reply(200, {"data": []}))
+    assert client.recover(tid()) is None  # the runner re-submits with the same taskUUID
 
 
 def test_sync_lost_response_is_not_paid_twice(srv: ScriptedServer, sync_client: Client) -> None:
+    """No getTaskDetails: re-submitting the same taskUUID asks the server whether it exists."""
     task_uuid = tid()
-    srv.reply(Reply(drop=True), Reply(200, {"data": []}))
+    srv.reply(
+        Reply(drop=True),
+        Reply(200, {"data": []}),
+        Reply(400, error_body("unsupportedTaskType", "no getTaskDetails here")),
+        Reply(400, error_body("conflictTaskUUID", "exists", taskUUID=task_uuid)),
+        Reply(200, {"data": []}),
+    )
     with pytest.raises(ApiError) as info:
         sync_client.generate(REQUEST, task_uuid)
     assert info.value.code == "resultLost"
-    assert srv.task_types() == ["imageInference", "getResponse"]
+    assert getattr(info.value, "maybe_billed", None) is True
+    assert srv.task_types() == [
+        "imageInference",
+        "getResponse",
+        "getTaskDetails",
+        "imageInference",
+        "getResponse",
+    ]
 
 
 # ------------------------------------------------------------------------------------------
@@ -922,3 +949,16 @@ def test_emulator_poll_pickup(emulator_cls: Any) -> None:
     ):
         slow = list(pool.map(lambda _: c.generate(REQUEST, tid()).latency_s, range(16)))
     assert max(slow) < 2.2 + 0.1, slow
+
+
+def test_conflict_then_not_found_is_task_gone(srv: ScriptedServer, client: Client) -> None:
+    """The server holds the taskUUID but getResponse says not found: that taskUUID is spent."""
+    task_uuid = tid()
+    srv.reply(
+        Reply(400, error_body("conflictTaskUUID", "exists", taskUUID=task_uuid)),
+        Reply(400, error_body("taskNotFound", "no such task", taskUUID=task_uuid)),
+    )
+    with pytest.raises(ApiError) as info:
+        client.generate(REQUEST, task_uuid)
+    assert info.value.code == "taskGone" and getattr(info.value, "maybe_billed", None) is True
+    assert srv.task_types() == ["imageInference", "getResponse"]  # never re-submitted

@@ -602,7 +602,8 @@ def test_stall_outlasts_the_client_timeout_and_stop_is_prompt() -> None:
 
 def test_fault_seed_makes_faults_reproducible() -> None:
     def statuses(seed: int) -> list[int]:
-        rates = {kind: 0.15 for kind in FAULT_KINDS if kind not in ("disconnect", "stall")}
+        dropping = ("disconnect", "stall", "accepted_disconnect")
+        rates = {kind: 0.12 for kind in FAULT_KINDS if kind not in dropping}
         with Emulator(faults=rates, fault_seed=seed) as emu:
             api = Api(emu)
             out = [api.post([task()]).status_code for _ in range(25)]
@@ -660,6 +661,7 @@ def test_ledger_file_has_one_line_per_billed_image(tmp_path: Path) -> None:
         "reference_count",
         "cost",
         "at",
+        "latency_s",
     }
     assert (first["taskUUID"], first["seed"], first["creativity"]) == (t["taskUUID"], 7, "low")
     assert (first["width"], first["height"], first["reference_count"]) == (1024, 1024, 1)

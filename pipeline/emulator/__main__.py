@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -12,7 +13,7 @@ from types import FrameType
 
 from pipeline.emulator import media
 from pipeline.emulator.faults import parse_faults
-from pipeline.emulator.server import Emulator
+from pipeline.emulator.server import CREDITS_STATUS, REPEATED_TASK, UNKNOWN_TASK, Emulator
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +33,56 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
     parser.add_argument("--credits", type=float, help="USD balance; 402 once it is spent")
     parser.add_argument("--stall", type=float, default=30.0, help="seconds a stall lasts")
+    parser.add_argument(
+        "--latency-sigma",
+        type=float,
+        default=0.0,
+        help="lognormal spread of the latency (--latency stays the median); 0: fixed",
+    )
+    parser.add_argument(
+        "--unknown-task",
+        choices=UNKNOWN_TASK,
+        default="taskFailedOrNotFound",
+        help='what getResponse answers for a taskUUID never accepted ({"data": []} or a 400 code)',
+    )
+    parser.add_argument(
+        "--queued-polls",
+        type=int,
+        default=0,
+        help='accepted async tasks answer {"data": []} to their first N polls',
+    )
+    parser.add_argument(
+        "--repeated-task",
+        choices=REPEATED_TASK,
+        default="conflict",
+        help="a repeated taskUUID: conflictTaskUUID, a replay of the first result, or billed again",
+    )
+    parser.add_argument(
+        "--sync-pollable",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="a finished sync task answers getResponse (default: it answers nothing)",
+    )
+    parser.add_argument(
+        "--task-details",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="support Runware's getTaskDetails task",
+    )
+    parser.add_argument(
+        "--credits-status",
+        type=int,
+        choices=CREDITS_STATUS,
+        default=402,
+        help="HTTP status of insufficientCredits (docs: 402; seen live: 400)",
+    )
+    parser.add_argument(
+        "--price-factor",
+        type=float,
+        default=1.0,
+        help="bill this many times the packaged price table (a live price that differs)",
+    )
+    parser.add_argument("--stats-out", type=Path, help="write the request counters here on exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each request to stderr")
     return parser
 
@@ -46,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         faults = parse_faults(args.faults)
     except ValueError as exc:
         parser.error(f"--faults: {exc}")
+    if args.latency < 0 or args.latency_sigma < 0 or args.queued_polls < 0:
+        parser.error("--latency, --latency-sigma and --queued-polls must be ≥ 0")
+    if not args.price_factor > 0:
+        parser.error("--price-factor must be > 0")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="emulator %(levelname)s %(message)s",
@@ -68,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         credits=args.credits,
         fault_seed=args.fault_seed,
         stall_s=args.stall,
+        latency_sigma=args.latency_sigma,
+        unknown_task=args.unknown_task,
+        queued_polls=args.queued_polls,
+        repeated_task=args.repeated_task,
+        sync_pollable=args.sync_pollable,
+        task_details=args.task_details,
+        credits_status=args.credits_status,
+        price_factor=args.price_factor,
     )
     try:
         url = emulator.start()
@@ -80,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
     finally:
         emulator.stop()
+        if args.stats_out is not None:
+            args.stats_out.write_text(json.dumps(emulator.stats(), sort_keys=True))
     return 0
 
 

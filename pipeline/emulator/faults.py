@@ -2,8 +2,12 @@
 
 Semantics, chosen so a client's never-pay-twice logic can be tested:
 
-- `http_429`, `http_500`, `http_503`: answered before anything is processed — the tasks are NOT
-  accepted, not billed, and their taskUUIDs stay free (the identical body may be resent).
+- `http_429`, `http_500`, `http_503`, `http_504`: answered before anything is processed — the
+  tasks are NOT accepted, not billed, and their taskUUIDs stay free (the identical body may be
+  resent).
+- `accepted_500`: the POST is processed first (tasks accepted and billed, async results
+  retrievable with getResponse), then answered with a 500: the answer is lost.
+- `accepted_disconnect`: the same, but the connection is dropped instead of answered.
 - `disconnect`: the request is read, then the socket is closed without a response. Half the draws
   drop it before processing (nothing accepted); the other half process the POST first (tasks
   accepted and billed, async results retrievable with getResponse) and then drop the response.
@@ -18,7 +22,16 @@ import random
 import threading
 from dataclasses import dataclass
 
-FAULT_KINDS = ("http_429", "http_500", "http_503", "disconnect", "stall")
+FAULT_KINDS = (
+    "http_429",
+    "http_500",
+    "http_503",
+    "http_504",
+    "accepted_500",
+    "accepted_disconnect",
+    "disconnect",
+    "stall",
+)
 
 
 def parse_faults(text: str) -> dict[str, float]:
@@ -71,6 +84,13 @@ class FaultInjector:
         self.rates = check_faults(faults)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        self._queued: list[str] = []
+
+    def queue(self, kinds: list[str]) -> None:
+        """Inject exactly these faults on the next POSTs, in order (before any drawn by rate)."""
+        check_faults(dict.fromkeys(kinds, 1.0))
+        with self._lock:
+            self._queued.extend(kinds)
 
     def set_rates(self, faults: dict[str, float] | None) -> None:
         """Replace the fault rates (the random sequence goes on)."""
@@ -80,6 +100,9 @@ class FaultInjector:
 
     def draw(self) -> Fault | None:
         """The fault for the next POST, or None (kinds are tried in FAULT_KINDS order)."""
+        with self._lock:
+            if self._queued:
+                return Fault(kind=self._queued.pop(0), accepted=True, retry_after=1)
         if not any(self.rates.values()):
             return None
         with self._lock:

@@ -7,7 +7,9 @@ import binascii
 import io
 import ipaddress
 import re
+import urllib.error
 import urllib.request
+from typing import Any
 from urllib.parse import urlsplit
 
 from PIL import Image, UnidentifiedImageError
@@ -18,8 +20,30 @@ UUID_RE = re.compile(
 _DATA_URI_RE = re.compile(r"^data:(?P<mime>[\w.+/-]*)(?:;[\w=.+-]+)*;base64,(?P<data>.*)$", re.S)
 FETCH_TIMEOUT_S = 5.0
 MAX_FETCH_BYTES = 32 * 1024 * 1024
-# Never through a proxy from the environment: loopback traffic must stay on this machine.
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class _LoopbackRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to another loopback http(s) URL; refuse any other target."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if not is_loopback_url(newurl):
+            raise urllib.error.HTTPError(
+                req.full_url, code, f"redirect to a non-loopback URL refused: {newurl}", headers, fp
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+# Never through a proxy from the environment, never redirected off loopback: loopback traffic
+# must stay on this machine (webhooks, upload endpoints and reference fetches all use this).
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _LoopbackRedirects())
 
 
 class BadImage(ValueError):

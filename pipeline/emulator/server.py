@@ -17,6 +17,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import random
 import re
 import socket
@@ -55,8 +56,11 @@ DEFAULT_CREATIVITY = "medium"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 SEED_LIMIT = 2**63
 DELIVERY_TIMEOUT_S = 5.0
+UNKNOWN_TASK = ("empty", "taskFailedOrNotFound", "taskNotFound", "taskExpired")
+REPEATED_TASK = ("conflict", "replay", "charge")
+CREDITS_STATUS = (402, 400)
 _IMAGE_PATH = re.compile(r"^/images/([0-9a-fA-F-]{36})\.([a-z]{3,4})$")
-_TASK_TYPES = ("imageInference", "getResponse", "imageUpload", "authentication")
+_TASK_TYPES = ("imageInference", "getResponse", "getTaskDetails", "imageUpload", "authentication")
 _sysrand = random.SystemRandom()
 
 
@@ -80,6 +84,8 @@ class _Inference:
     output_type: str
     webhook_url: str | None = None
     upload_endpoint: str | None = None
+    polls: int = 0  # getResponse calls answered so far (the first `queued_polls` say nothing)
+    request: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +135,36 @@ class Emulator:
         host: str = "127.0.0.1",
         stall_s: float = 30.0,
         fault_accept: float = 0.5,
+        latency_sigma: float = 0.0,
+        unknown_task: str = "taskFailedOrNotFound",
+        queued_polls: int = 0,
+        repeated_task: str = "conflict",
+        sync_pollable: bool = False,
+        task_details: bool = True,
+        credits_status: int = 402,
+        price_factor: float = 1.0,
     ) -> None:
         if not media.is_loopback_host(host):
             raise ValueError(f"the emulator only binds loopback addresses, not {host!r}")
-        if latency_s < 0:
-            raise ValueError("latency_s must be ≥ 0")
+        if latency_s < 0 or latency_sigma < 0:
+            raise ValueError("latency_s and latency_sigma must be ≥ 0")
+        if unknown_task not in UNKNOWN_TASK:
+            raise ValueError(f"unknown_task must be one of {', '.join(UNKNOWN_TASK)}")
+        if repeated_task not in REPEATED_TASK:
+            raise ValueError(f"repeated_task must be one of {', '.join(REPEATED_TASK)}")
+        if credits_status not in CREDITS_STATUS:
+            raise ValueError("credits_status must be 402 or 400")
+        if queued_polls < 0 or not price_factor > 0:
+            raise ValueError("queued_polls must be ≥ 0 and price_factor > 0")
+        self.latency_sigma = float(latency_sigma)
+        self.unknown_task = unknown_task
+        self.queued_polls = int(queued_polls)
+        self.repeated_task = repeated_task
+        self.sync_pollable = bool(sync_pollable)
+        self.task_details = bool(task_details)
+        self.credits_status = int(credits_status)
+        self.price_factor = float(price_factor)
+        self._latency_rng = random.Random(None if fault_seed is None else fault_seed + 2)
         self.host = "127.0.0.1" if host.lower().startswith("localhost") else host.strip("[]")
         self.port = port
         self.latency_s = float(latency_s)
@@ -161,6 +192,8 @@ class Emulator:
             "uploads",
             "deliveries_skipped",
             "deliveries_failed",
+            "charged_again",
+            "replayed",
         ):
             self._stats[key] = 0
         for task_type in (*_TASK_TYPES, "other"):
@@ -169,6 +202,7 @@ class Emulator:
             self._stats[f"faults.{kind}"] = 0
         self._stats["faults.disconnect.accepted"] = 0
         self._stats["faults.stall.accepted"] = 0
+        self._stats["polls_queued"] = 0
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -234,6 +268,10 @@ class Emulator:
         """Change the fault rates of a running emulator (e.g. {} to heal it)."""
         self._faults.set_rates(faults)
 
+    def queue_faults(self, kinds: list[str]) -> None:
+        """Inject exactly these faults on the next POSTs, in order (deterministic tests)."""
+        self._faults.queue(kinds)
+
     def ledger_entries(self) -> list[dict[str, Any]]:
         """Every billed image so far (one dict per image, as written to the ledger file)."""
         return self._ledger.entries()
@@ -260,6 +298,12 @@ class Emulator:
         if fault is None:
             return self._process(body, authorization, wait=True)
         self._count(f"faults.{fault.kind}")
+        if fault.kind in ("accepted_500", "accepted_disconnect"):
+            log.info("injected fault %s (tasks accepted first)", fault.kind)
+            self._process(body, authorization, wait=False)
+            if fault.kind == "accepted_disconnect":
+                return None
+            return _plain_error(500, "internalServerError", "An internal server error occurred.")
         if fault.kind in ("disconnect", "stall"):
             accepted = self._accept_rng.random() < self._fault_accept
             return self._drop_or_stall(fault, accepted, body, authorization)
@@ -358,6 +402,8 @@ class Emulator:
             return job
         if task_type == "getResponse":
             return self._get_response(task)
+        if task_type == "getTaskDetails" and self.task_details:
+            return self._get_task_details(task)
         if task_type == "imageUpload":
             return self._upload(task)
         if task_type == "authentication":
@@ -377,13 +423,20 @@ class Emulator:
 
     def _accept_inference(self, task: dict[str, Any]) -> _Inference:
         validate_inference(task)
-        refs = self._resolve_refs(task)
         task_uuid = str(task["taskUUID"])
+        with self._lock:
+            earlier = self._tasks.get(task_uuid)
+        if earlier is not None and self.repeated_task != "charge":
+            if self.repeated_task == "conflict" or not isinstance(earlier, _Inference):
+                raise _conflict(task)
+            self._count("replayed")  # replay: answered as the first submit was, billed once
+            return earlier
+        refs = self._resolve_refs(task)
         count = int(task.get("numberResults", 1))
         base_seed = int(task["seed"]) if "seed" in task else _sysrand.getrandbits(32)
         settings = task.get("settings") or {}
         creativity = str(settings.get("creativity", DEFAULT_CREATIVITY))
-        unit = unit_price(task, self._prices)
+        unit = round(unit_price(task, self._prices) * self.price_factor, 6)
         images: list[_Image] = []
         for i in range(count):
             seed = (base_seed + i) % SEED_LIMIT
@@ -400,11 +453,16 @@ class Emulator:
             )
             images.append(_Image(str(uuid.uuid4()), seed, spec))
         now = time.monotonic()
+        latency = self.latency_s
+        if self.latency_sigma > 0 and latency > 0:
+            with self._lock:
+                latency *= math.exp(self._latency_rng.gauss(0.0, self.latency_sigma))
         inference = _Inference(
             task_uuid=task_uuid,
             delivery=str(task.get("deliveryMethod", "sync")),
             accepted_at=now,
-            ready_at=now + self.latency_s,
+            ready_at=now + latency,
+            request={k: v for k, v in task.items() if k not in ("inputs",)},
             images=images,
             unit_cost=unit,
             include_cost=task.get("includeCost") is True,
@@ -426,15 +484,17 @@ class Emulator:
                 "reference_count": len(refs),
                 "cost": unit,
                 "at": at,
+                "latency_s": round(latency, 6),
             }
             for img in images
         ]
         with self._lock:
-            if task_uuid in self._tasks:
+            again = task_uuid in self._tasks
+            if again and self.repeated_task != "charge":
                 raise _conflict(task)
             if not self._ledger.charge(entries):
                 raise task_error(
-                    402,
+                    self.credits_status,
                     "insufficientCredits",
                     "Insufficient credits, please add your credit card and top-up your balance.",
                     task,
@@ -444,6 +504,8 @@ class Emulator:
                 self._images[img.image_uuid] = img
             self._stats["accepted"] += 1
             self._stats["images_billed"] += count
+            if again:
+                self._stats["charged_again"] += 1
         if inference.webhook_url or inference.upload_endpoint:
             self._deliverer.schedule(inference.ready_at, lambda: self._deliver(inference))
         return inference
@@ -551,13 +613,7 @@ class Emulator:
         with self._lock:
             record = self._tasks.get(task_uuid)
         if record is None:
-            raise task_error(
-                400,
-                "taskFailedOrNotFound",
-                f"No task found for taskUUID {task_uuid}: it was never accepted, or it failed.",
-                task,
-                parameter="taskUUID",
-            )
+            return self._unknown_task(task, task_uuid)
         if isinstance(record, _Upload):
             return [
                 {
@@ -567,8 +623,20 @@ class Emulator:
                     "imageUUID": record.image_uuid,
                 }
             ]
-        if record.delivery != "async":
-            return []  # like Runware: results of sync tasks are not kept for polling
+        if record.delivery != "async" and not self.sync_pollable:
+            return []  # like Runware (a live note): results of sync tasks are not kept for polling
+        with self._lock:
+            record.polls += 1
+            queued = record.polls <= self.queued_polls
+            if queued:
+                self._stats["polls_queued"] += 1
+        if queued:
+            return []  # still queued: some servers say nothing about a task until it starts
+        return self._status_items(record)
+
+    def _status_items(self, record: _Inference) -> list[dict[str, Any]]:
+        """getResponse items of a task: its finished images, else one processing item each."""
+        task_uuid = record.task_uuid
         now = time.monotonic()
         if now >= record.ready_at:
             return [self._result_item(record, image, status=True) for image in record.images]
@@ -582,6 +650,40 @@ class Emulator:
                 "progress": progress,
             }
             for _ in record.images
+        ]
+
+    def _unknown_task(self, task: dict[str, Any], task_uuid: str) -> list[dict[str, Any]]:
+        """The answer about a taskUUID this server never accepted (`unknown_task` decides)."""
+        if self.unknown_task == "empty":
+            return []
+        messages = {
+            "taskFailedOrNotFound": "it was never accepted, or it failed",
+            "taskNotFound": "no such task",
+            "taskExpired": "the task is unknown or its results expired",
+        }
+        raise task_error(
+            400,
+            self.unknown_task,
+            f"No task found for taskUUID {task_uuid}: {messages[self.unknown_task]}.",
+            task,
+            parameter="taskUUID",
+        )
+
+    def _get_task_details(self, task: dict[str, Any]) -> list[dict[str, Any]]:
+        """Runware's documented getTaskDetails: the task's request and its response so far."""
+        task_uuid = _task_uuid(task)
+        with self._lock:
+            record = self._tasks.get(task_uuid)
+        if not isinstance(record, _Inference):
+            self._unknown_task(task, task_uuid)
+            return []
+        return [
+            {
+                "taskType": "getTaskDetails",
+                "taskUUID": task_uuid,
+                "request": [record.request],
+                "response": {"data": self._status_items(record)},
+            }
         ]
 
     # ------------------------------------------------------------------ imageUpload
@@ -713,6 +815,8 @@ def _fault_reply(fault: Fault) -> _Reply:
         return reply
     if fault.kind == "http_503":
         return _plain_error(503, "serviceUnavailable", "Temporarily unavailable: retry later.")
+    if fault.kind == "http_504":
+        return _plain_error(504, "timeoutProvider", "The task exceeded the maximum queue wait.")
     if fault.body == "empty":
         return _Reply(500, b"", ctype="")
     if fault.body == "html":
