@@ -174,7 +174,7 @@ def test_the_schema_knows_the_keys_added_for_the_real_api() -> None:
     assert (api["first_poll_s"], api["latency_sigma"]) == (1.0, 0.0)
     assert (budget["price_tolerance"], budget["price_check"]) == (0.1, "auto")
     assert api["emulator"] == {
-        "unknown_task": "empty", "queued_polls": 0, "repeated_task": "conflict",
+        "unknown_task": "taskFailedOrNotFound", "queued_polls": 0, "repeated_task": "conflict",
         "sync_pollable": False, "task_details": True, "credits_status": 402, "price_factor": 1.0,
     }  # fmt: skip
     assert {"http_504", "accepted_500", "accepted_disconnect"} <= set(api["faults"])
