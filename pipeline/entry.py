@@ -192,11 +192,22 @@ def describe(exc: BaseException, command: str) -> str:
     match = re.match(r"Error merging override (.+)", first)
     if match and cause is not None:
         reason = str(cause).strip().splitlines()[0]
+        if re.match(r"Cannot merge (Dict|List)Config with (Dict|List)Config", reason):
+            return replace_kind_message(match.group(1))
         return f"{match.group(1)}: {reason}"
     because = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
     if because and because != first:
         return f"{first} ({because})"
     return first
+
+
+def replace_kind_message(override: str) -> str:
+    """A list given where the config holds a mapping (or the reverse): how to replace it."""
+    key, _, value = override.lstrip("+").partition("=")
+    return (
+        f"{override}: cannot replace a mapping with a list or a list with a mapping; "
+        f"remove it first: '~{key}' '+{key}={value}'"
+    )
 
 
 def _pipeline_cause(exc: BaseException) -> PipelineError | None:
