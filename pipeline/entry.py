@@ -178,7 +178,9 @@ def describe(exc: BaseException, command: str) -> str:
     if isinstance(cause, yaml.YAMLError):
         return yaml_message(cause)
     if isinstance(exc, OverrideParseException):
-        return f"cannot read the override {exc.override!r}: {first}"
+        return not_unicode_override(exc.override) or (
+            f"cannot read the override {exc.override!r}: {first}"
+        )
     if isinstance(exc, MissingConfigException):  # an OSError too
         return missing_config_message(exc)
     if isinstance(exc, OSError) and exc.filename:  # e.g. a run dir under a file, or in /proc
@@ -192,11 +194,36 @@ def describe(exc: BaseException, command: str) -> str:
     match = re.match(r"Error merging override (.+)", first)
     if match and cause is not None:
         reason = str(cause).strip().splitlines()[0]
+        if re.match(r"Cannot merge (Dict|List)Config with (Dict|List)Config", reason):
+            return replace_kind_message(match.group(1))
         return f"{match.group(1)}: {reason}"
     because = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
     if because and because != first:
         return f"{first} ({because})"
     return first
+
+
+def not_unicode_override(override: str) -> str | None:
+    """An override holding text that is not valid Unicode (argv bytes not UTF-8), if it does."""
+    try:
+        override.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        shown = override.encode("utf-8", "backslashreplace").decode()
+        bad = override[exc.start : exc.start + 1].encode("unicode_escape").decode()
+        return (
+            f"the override '{shown}' holds {bad} at character {exc.start}, which is not valid "
+            "Unicode text (a lone surrogate, or bytes that are not UTF-8); remove it"
+        )
+    return None
+
+
+def replace_kind_message(override: str) -> str:
+    """A list given where the config holds a mapping (or the reverse): how to replace it."""
+    key, _, value = override.lstrip("+").partition("=")
+    return (
+        f"{override}: cannot replace a mapping with a list or a list with a mapping; "
+        f"remove it first: '~{key}' '+{key}={value}'"
+    )
 
 
 def _pipeline_cause(exc: BaseException) -> PipelineError | None:

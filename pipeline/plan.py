@@ -39,9 +39,10 @@ class HasCells(Protocol):
 class Plan:
     """What a run will do and cost; `estimate_usd` covers only the cells still to run.
 
-    With shards, `sweep_estimate_usd`/`sweep_budget_usd` are the whole sweep's (the same in every
-    shard, so every shard refuses or accepts alike) and `budget_usd` is this shard's share of the
-    budget, in proportion to its part of the estimate: the shares add up to the budget.
+    With shards, `sweep_estimate_usd`/`sweep_budget_usd` are the whole sweep's (its cells still to
+    run, so a shard planned after others filled the store sees less) and `budget_usd` is this
+    shard's share of the budget, in proportion to its part of the estimate: the shares add up to
+    the budget.
     """
 
     cells: int = 0
@@ -333,7 +334,7 @@ def format_plan(plan: Plan) -> str:
         f"  cached       {plan.cached_images:>12,}   (already paid for, taken from the store)",
         f"  to run       {plan.todo_images:>12,}",
         f"  estimate     {usd(plan.estimate_usd):>12}   {plan.price_note}"
-        + (f"; whole sweep {usd(plan.sweep_estimate_usd)}" if shard else ""),
+        + (f"; whole sweep {usd(plan.sweep_estimate_usd)} still to run" if shard else ""),
         f"  budget       {usd(plan.budget_usd):>12}"
         + (f"   this shard's share of {usd(plan.sweep_budget_usd)}" if shard else ""),
     ]

@@ -1386,8 +1386,13 @@ def load_sweep(spec: dict[str, Any], base_dir: Path) -> Sweep:
     loader = _Loader(Path(base_dir))
     broken = _not_unicode(spec)
     if broken:
+        named = spec.get("name")
+        label = (
+            f"sweep {named!r}" if isinstance(named, str) and not _not_unicode(named) else "sweep"
+        )
         raise ConfigError(
-            f"sweep: {len(broken)} problem(s) in the sweep file:\n" + "\n".join(broken)
+            f"{label}: {len(broken)} problem(s) in the sweep:\n"
+            + "\n".join(f"  {b}" for b in broken)
         )
     problems, bad = _schema_problems(spec)
     loader.problems.extend(problems)
@@ -1461,8 +1466,8 @@ def load_sweep(spec: dict[str, Any], base_dir: Path) -> Sweep:
     if loader.problems:
         label = f"sweep {name!r}" if name else "sweep"
         raise ConfigError(
-            f"{label}: {len(loader.problems)} problem(s) in the sweep file:\n"
-            + "\n".join(loader.problems)
+            f"{label}: {len(loader.problems)} problem(s) in the sweep:\n"
+            + "\n".join(f"  {p}" for p in loader.problems)
         )
     return Sweep(
         name=str(name),

@@ -312,3 +312,16 @@ def test_a_crowded_cell_shows_its_first_tiles_and_a_more_button(tmp_path: Path, 
     assert page.locator(".kx-tile").count() == 60 and page.locator(".kx-more").count() == 0
     seeds = page.eval_on_selector_all(".kx-tile", "els => els.map(e => e.dataset.seed)")
     assert seeds == [str(1000 + i) for i in range(60)]  # in cell order, every seed once
+
+
+def test_a_tall_row_has_its_label_at_its_top(tmp_path: Path, watch: Any) -> None:
+    # Walk-through: a sampled sweep's rows were ~1,200 px tall and their labels sat mid-row, so
+    # the first screenful of the grid showed tiles with no row label at all.
+    low, high = ({"vars.style": "one", "settings.creativity": c} for c in ("low", "high"))
+    rows = [make_row(i, axes=low) for i in range(40)] + [make_row(40, axes=high)]
+    w = watch(report_of(make_run(tmp_path / "run", rows)))
+    page = w.open("#x=vars.style&y=settings.creativity")
+    head = page.locator(".kx-rowhead", has_text="low").bounding_box()
+    cell = page.locator(".kx-cell").first.bounding_box()
+    assert cell["height"] > 4 * head["height"] + 200  # a tall row: its tiles wrap
+    assert abs(head["y"] - cell["y"]) < 24, (head, cell)

@@ -139,6 +139,22 @@ def test_a_lone_surrogate_in_a_prompt_is_one_clear_line(tmp_path: Path) -> None:
     _one_line_exit_1(done, "base.positivePrompt: holds \\udced at character 2")
 
 
+def test_a_lone_surrogate_in_an_unquoted_override_is_one_clear_line(tmp_path: Path) -> None:
+    done = _cli(
+        tmp_path,
+        "pipeline.run",
+        "sweep=seed_study",
+        "dry_run=true",
+        b"sweep.base.positivePrompt=a\xed\xa0\x80castle",  # unquoted: Hydra's lexer refuses it
+    )
+    _one_line_exit_1(
+        done,
+        "the override 'sweep.base.positivePrompt=a\\udced\\udca0\\udc80castle' holds \\udced "
+        "at character 27, which is not valid Unicode text",
+    )
+    assert "Lexer" not in done.stderr
+
+
 def test_a_lone_surrogate_anywhere_in_a_sweep_is_named(isolated: Path) -> None:
     sweep = _sweep(vars={"style": "oil \ud800"}, grid={"vars.x\udc80": ["a"]})
     with pytest.raises(ConfigError) as caught:

@@ -6,6 +6,7 @@ Every command runs as a subprocess against a loopback server that records every 
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,13 @@ RUN_MISTAKES: list[tuple[list[str], str]] = [
     (["sweep=dmo"], "unknown sweep 'dmo' (did you mean 'demo'?); known: demo,"),
     (["sweep.seeds=[1,2"], "cannot read the override 'sweep.seeds=[1,2': no viable alternative"),
     (["hydra.run.dir=/proc/krea-sweep-test"], "cannot write /proc/krea-sweep-test"),
+    # a list where the config holds a mapping, and the reverse: say how to replace it
+    (
+        ["sweep=seed_study", "sweep.seeds=[7,8]"],
+        "sweep.seeds=[7,8]: cannot replace a mapping with a list or a list with a mapping; "
+        "remove it first: '~sweep.seeds' '+sweep.seeds=[7,8]'",
+    ),
+    (["sweep=demo", "sweep.seeds={count:3}"], "'~sweep.seeds' '+sweep.seeds={count:3}'"),
 ]
 
 
@@ -95,6 +103,17 @@ def test_override_mistake_is_one_line_and_sends_nothing(
     code, _, stderr = _run(server, isolated, *overrides, key=True)
     assert code == 1, stderr
     assert says in _one_line(stderr, "krea-run")
+    assert server.requests == []
+
+
+def test_a_list_replaces_a_mapping_the_way_the_error_says(
+    server: ScriptedServer, isolated: Path
+) -> None:
+    code, stdout, stderr = _run(
+        server, isolated, "sweep=seed_study", "~sweep.seeds", "+sweep.seeds=[7,8]", "dry_run=true"
+    )
+    assert code == 0, stderr
+    assert re.search(r"^  cells +2$", stdout, re.MULTILINE), stdout
     assert server.requests == []
 
 

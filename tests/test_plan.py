@@ -19,7 +19,7 @@ from pipeline.plan import (
     least_price,
     make_plan,
 )
-from pipeline.pricing import estimate, load_price_table
+from pipeline.pricing import estimate, load_price_table, usd
 from pipeline.sweep import Cell
 
 TABLE = load_price_table()
@@ -227,3 +227,16 @@ def test_make_plan_refuses_before_expanding_when_the_count_is_over_budget(tmp_pa
             out_dir=tmp_path,
         )
     assert not (tmp_path / "plan.parquet").exists()
+
+
+def test_a_shard_plan_says_the_whole_sweep_figure_is_what_is_left_to_run() -> None:
+    # Walk-through: shards started after others had filled the store printed "whole sweep $7.15",
+    # then "$6.695", for a $13 sweep, with nothing saying those were the cells still to run.
+    cells = _cells(40)
+    store = FakeStore(c.cell_id for c in cells if in_shard(c.cell_id, 1, 3))
+    plan = make_plan(
+        lambda: cells, price_table=TABLE, axis_names=[], budget_usd=5, shard=(0, 3), store=store
+    )
+    assert plan.sweep_estimate_usd < 40 * 0.06
+    line = next(ln for ln in format_plan(plan).splitlines() if ln.startswith("  estimate"))
+    assert line.endswith(f"; whole sweep {usd(plan.sweep_estimate_usd)} still to run"), line

@@ -555,9 +555,18 @@ def test_every_problem_is_reported_at_once(where: Path) -> None:
     spec["base"]["positivePrompt"] = "a {subject}"
     spec["base"]["inputs"] = {"referenceImages": [{"image": "missing.png"}]}
     lines = _error(where, spec).splitlines()
-    assert lines[0] == "sweep 't': 6 problem(s) in the sweep file:"
+    assert lines[0] == "sweep 't': 6 problem(s) in the sweep:"  # overrides count too
+    assert all(line.startswith("  ") for line in lines[1:]), lines  # indented under the head
     for text in ("grdi", "seeds: [-1]", "'nope'", "sample.n", "{subject}", "missing.png"):
         assert sum(text in line for line in lines[1:]) == 1, text
+
+
+def test_text_that_is_not_unicode_names_the_sweep(where: Path) -> None:
+    spec = _spec()
+    spec["base"]["positivePrompt"] = "a \ud800 b"
+    lines = _error(where, spec).splitlines()
+    assert lines[0] == "sweep 't': 1 problem(s) in the sweep:", lines
+    assert lines[1].startswith("  base.positivePrompt: holds \\ud800 at character 2"), lines
 
 
 def test_a_path_error_in_expansion_names_the_cell(where: Path) -> None:
