@@ -34,6 +34,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -95,7 +96,10 @@ def _record_problem(record: Any, path: Path) -> str:
     files, entries = record.get("files"), record.get("images")
     if not isinstance(files, list) or not isinstance(entries, list) or len(files) != len(entries):
         return f"{RECORD_NAME} lists no images or files"
-    for name, entry in zip(files, entries, strict=True):
+    sizes = record.get("sizes")  # absent in records written before sizes were kept
+    if not isinstance(sizes, list) or len(sizes) != len(files):
+        sizes = [None] * len(files)
+    for name, entry, size in zip(files, entries, sizes, strict=True):
         if (
             not isinstance(name, str)
             or not isinstance(entry, dict)
@@ -105,8 +109,14 @@ def _record_problem(record: Any, path: Path) -> str:
             return f"{RECORD_NAME} has a malformed image entry"
         if os.sep in name or name.startswith("."):
             return f"{RECORD_NAME} names a file outside the cell: {name!r}"
-        if not os.path.isfile(path / name):
+        try:
+            found = os.stat(path / name)
+        except OSError:
             return f"the stored image {name} is missing"
+        if not stat.S_ISREG(found.st_mode):
+            return f"the stored image {name} is not a file"
+        if isinstance(size, int) and found.st_size != size:
+            return f"the stored image {name} has {found.st_size} bytes, {size} were stored"
     return ""
 
 
@@ -283,7 +293,10 @@ class Store:
                     except OSError:  # another filesystem, or no hard links: copy instead
                         data = data.read_bytes()
                 self._write(tmp / name, data)
-            body = json.dumps({**record, "files": names}, ensure_ascii=False, sort_keys=True)
+            sizes = [os.stat(tmp / name).st_size for name in names]  # checked when served
+            body = json.dumps(
+                {**record, "files": names, "sizes": sizes}, ensure_ascii=False, sort_keys=True
+            )
             self._write(tmp / RECORD_NAME, body.encode("utf-8"))
             if self.fsync:
                 _fsync_dir(tmp)

@@ -329,6 +329,28 @@ def test_a_damaged_entry_is_reported_once_set_aside_and_recovered_not_repaid(
     assert len(emulator.ledger_entries()) == paid
 
 
+def test_a_stored_image_overwritten_with_other_bytes_is_damaged_not_served(
+    isolated: Path, emulator: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Walkthrough: a stored 0.jpg overwritten with garbage was served as `cached`."""
+    from runs import read_manifest
+
+    _damage_run(isolated, emulator, "first", capsys)
+    paid = len(emulator.ledger_entries())
+    root = isolated / "store" / "emulator"
+    cell = next(p for p in root.glob("??/*") if (p / RECORD_NAME).is_file())
+    image = next(cell.glob("0.*"))
+    image.unlink()  # replace the file (the run dir keeps its own link to the real bytes)
+    image.write_bytes(b"garbage")
+    err = _damage_run(isolated, emulator, "second", capsys)
+    lines = [ln for ln in err.splitlines() if "was damaged" in ln]
+    assert len(lines) == 1 and "has 7 bytes" in lines[0], err
+    assert len(emulator.ledger_entries()) == paid  # recovered by its taskUUID, not repaid
+    frame = read_manifest(isolated / "second")
+    sizes = {(isolated / "second" / p).stat().st_size for p in frame["image_path"]}
+    assert 7 not in sizes and set(frame["status"]) <= {"ok", "cached"}
+
+
 def test_a_damaged_entry_with_no_task_on_record_is_run_again(tmp_path: Path) -> None:
     lines: list[str] = []
     store = Store(tmp_path, report=lines.append)
