@@ -307,6 +307,24 @@ def test_accepted_then_failed_is_paid_once(repeated: str, mode: str) -> None:
             assert [e["taskUUID"] for e in emu.ledger_entries()] == [task_uuid], kind
 
 
+@pytest.mark.parametrize("slow", ["http_429", "http_503", "disconnect"])
+def test_slow_lookups_do_not_shorten_the_settle_wait(slow: str) -> None:
+    """The matrix flake: a settle lookup that needed retries used up the settle wait in time.
+
+    Accepted and billed, answer lost, queued for 2 polls, repeated taskUUID charged again; the
+    first settle lookup fails once (Retry-After 1 s, longer than settle_s=0.2). It used to
+    re-submit after one answered lookup — paid twice. The settle wait counts answered lookups.
+    """
+    emu = Emulator(unknown_task="empty", repeated_task="charge", queued_polls=2)
+    with emu, client(emu) as c:
+        emu.queue_faults(["accepted_500", slow])
+        task_uuid = str(uuid.uuid4())
+        gen = c.generate(REQUEST, task_uuid)
+        assert len(gen.images) == 1
+        assert [e["taskUUID"] for e in emu.ledger_entries()] == [task_uuid]
+        assert emu.stats().get("charged_again", 0) == 0 and c.stats().get("resubmits", 0) == 0
+
+
 def test_charge_again_bound_is_the_settle_wait() -> None:
     """The README's bound: an accepted task invisible for the whole settle wait is paid twice."""
     emu = Emulator(unknown_task="empty", repeated_task="charge", queued_polls=6)
