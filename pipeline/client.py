@@ -94,6 +94,7 @@ from pipeline.errors import (
     SafetyError,
     TransientError,
 )
+from pipeline.images import read_reference
 from pipeline.journal import utc_now
 from pipeline.sweep import is_local_file
 
@@ -1596,10 +1597,11 @@ class Client:
         return value
 
     def _reference(self, path: Path) -> str:
+        # Read safely: the file may have been swapped since planning (a FIFO would hang a read).
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read reference image {path}: {exc.strerror}") from exc
+            data = read_reference(path)
+        except ValueError as exc:
+            raise ConfigError(f"cannot read reference image {path}: {exc}") from exc
         ext = _sniff_ext(data) or path.suffix.lower().lstrip(".")
         uri = f"data:{_EXT_MIME.get(ext, 'image/png')};base64,{base64.b64encode(data).decode()}"
         if not self.upload_refs:

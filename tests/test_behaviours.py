@@ -450,6 +450,9 @@ def run_matrix(tmp_path: Path, behaviour: dict[str, Any], *, delivery: str = "as
     assert set(final["status"]) <= {"ok", "cached"} and len(final) == n
     per_task = Counter(e["taskUUID"] for e in entries)
     per_seed = Counter(e["seed"] for e in entries)
+    # The README's bound under repeated_task=charge: a task is paid twice only if the server hid
+    # it for the whole settle wait (≥ five answered lookups); every row hides it ≤ 2 polls: none.
+    assert behaviour.get("queued_polls", 0) < 5
     assert set(per_task.values()) == {1}, per_task  # no task billed twice
     assert set(per_seed.values()) == {1}, per_seed  # no cell paid twice
     assert sum(e["cost"] for e in entries) <= budget
