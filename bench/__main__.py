@@ -75,7 +75,8 @@ def runner_rows(r: dict[str, Any], quick: bool) -> list[Row]:
 
     return [
         (
-            f"runner vs requests loop, async+getResponse ({size})",
+            f"runner vs requests loop, async+getResponse, both first-poll "
+            f"{r.get('first_poll_s', 1.0):g} s ({size})",
             versus("runner-async", "requests-async", "loop"),
             "≥ 0.8×",
             f"{r['ratio_async']:.2f}× · {_ok(r['ratio_async'] >= 0.8)}",

@@ -6,6 +6,11 @@
 Both send the same Krea 2 Large tasks as the runner (seeds 0 … N-1, includeCost, base64Data
 output) with at most C in flight, and write each image to a file. Nothing else: no journal, no
 store, no recipe, no manifest, no retries.
+
+The requests loop follows Runware's polling guidance as the runner does (the same protocol):
+until it has seen a task complete, no task's first getResponse comes sooner than
+`--first-poll-s` (the runner's `api.first_poll_s`, 1 s) after its submit; after that it polls
+at once, then every 50 ms. `--first-poll-s 0` gives the old loop that polls at once from the start.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import base64
 import json
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +35,7 @@ from bench.common import cpu_s, emit, peak_rss_mb
 MODEL = "krea:krea@2-large"
 PROMPT = "a lighthouse on a cliff at dusk"
 POLL_EVERY_S = 0.05
+FIRST_POLL_S = 1.0  # the default of the runner's api.first_poll_s (bench.runner passes its value)
 
 
 def task(seed: int, delivery: str | None) -> dict[str, Any]:
@@ -49,8 +56,11 @@ def task(seed: int, delivery: str | None) -> dict[str, Any]:
     return body
 
 
-def requests_loop(url: str, n: int, concurrency: int, out: Path, delivery: str) -> float:
+def requests_loop(
+    url: str, n: int, concurrency: int, out: Path, delivery: str, first_poll_s: float = FIRST_POLL_S
+) -> float:
     """N images through a ThreadPoolExecutor of C threads sharing one Session; returns wall s."""
+    seen_completion = threading.Event()  # like the runner: first polls wait until one is done
     session = requests.Session()
     session.mount("http://", HTTPAdapter(pool_maxsize=concurrency))
     headers = {"Authorization": "Bearer bench-key", "Content-Type": "application/json"}
@@ -62,12 +72,16 @@ def requests_loop(url: str, n: int, concurrency: int, out: Path, delivery: str) 
 
     def one(seed: int) -> None:
         sent = {**task(seed, delivery), "taskUUID": str(uuid.uuid4())}
+        submitted = time.monotonic()
         items = post([sent])
         if delivery == "async":
             poll = {"taskType": "getResponse", "taskUUID": sent["taskUUID"]}
-            while True:  # immediately, then every 50 ms
+            if not seen_completion.is_set():  # no completion seen yet: the first-poll wait
+                time.sleep(max(0.0, submitted + first_poll_s - time.monotonic()))
+            while True:  # then immediately, then every 50 ms
                 items = [i for i in post([poll]) if i.get("status") == "success"]
                 if items:
+                    seen_completion.set()
                     break
                 time.sleep(POLL_EVERY_S)
         data = base64.b64decode(items[0]["imageBase64Data"])
@@ -114,13 +128,21 @@ def main() -> None:
     parser.add_argument("--delivery", choices=("async", "sync", "default"), default="async")
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--first-poll-s",
+        type=float,
+        default=FIRST_POLL_S,
+        help="requests loop: first-poll wait until a completion is seen (the runner's setting)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         cpu0 = cpu_s()
         if args.kind == "requests":
             delivery = "async" if args.delivery == "default" else args.delivery
-            wall = requests_loop(args.url, args.images, args.concurrency, out, delivery)
+            wall = requests_loop(
+                args.url, args.images, args.concurrency, out, delivery, args.first_poll_s
+            )
         else:
             # "default": send no deliveryMethod; the SDK then sends `async` (protocol §9).
             delivery = "async (SDK default)" if args.delivery == "default" else args.delivery

@@ -7,7 +7,8 @@ Every contender runs in its own process against a fresh standalone emulator proc
 
 - runner-async / runner-sync: krea-run's job (`pipeline.run.run_job`): expand → plan → Runner with
   journal, store, images written with their recipe → manifest; empty store, new run dir.
-- requests-async / requests-sync: bench.baseline's minimal loop (C threads, one Session).
+- requests-async / requests-sync: bench.baseline's minimal loop (C threads, one Session); async
+  follows the same polling rule as the runner, with the runner's own `api.first_poll_s`.
 - sdk: Runware's SDK under asyncio.gather with Semaphore(C), its default delivery (async);
   sdk-sync: the same with deliveryMethod=sync (informative).
 
@@ -94,7 +95,16 @@ def profile_once(url: str, images: int, concurrency: int, out: Path) -> dict[str
     return result
 
 
-def contender(name: str, images: int, concurrency: int) -> dict[str, Any]:
+def runner_first_poll_s() -> float:
+    """The runner's `api.first_poll_s` in the config it runs with (the loop waits as long)."""
+    warm_imports()  # registers the config schemas
+    cfg = run_config(make_sweep(1), base_url="", store_dir=Path("unused"), concurrency=1)
+    return float(cfg["api"]["first_poll_s"])
+
+
+def contender(
+    name: str, images: int, concurrency: int, first_poll_s: float = 1.0
+) -> dict[str, Any]:
     """Start a fresh emulator process and run one contender in a fresh child process."""
     kind, _, delivery = name.partition("-")
     with emulator_process(0.0) as url:
@@ -102,7 +112,8 @@ def contender(name: str, images: int, concurrency: int) -> dict[str, Any]:
         if kind == "runner":
             return child("runner", "--one", delivery, *common)
         if kind == "requests":
-            return child("baseline", "--kind", "requests", "--delivery", delivery, *common)
+            wait = ["--first-poll-s", repr(first_poll_s)]
+            return child("baseline", "--kind", "requests", "--delivery", delivery, *wait, *common)
         return child("baseline", "--kind", "sdk", "--delivery", delivery or "default", *common)
 
 
@@ -127,9 +138,10 @@ def main() -> None:
 
     fast = ["runner-async", "requests-async", "runner-sync", "requests-sync", "sdk-sync"]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*fast, "sdk"]}
+    first_poll_s = runner_first_poll_s()
     for _ in range(args.repeats):  # interleaved, so slow phases of a noisy machine hit all
         for name in fast:
-            runs[name].append(contender(name, args.images, args.concurrency))
+            runs[name].append(contender(name, args.images, args.concurrency, first_poll_s))
     runs["sdk"].append(contender("sdk", args.sdk_images or args.images, args.concurrency))
 
     rate = {name: statistics.median(r["images_per_s"] for r in rs) for name, rs in runs.items()}
@@ -137,6 +149,7 @@ def main() -> None:
         "images": args.images,
         "concurrency": args.concurrency,
         "repeats": args.repeats,
+        "first_poll_s": first_poll_s,
         "images_per_s": rate,
         "all_images_per_s": {n: [r["images_per_s"] for r in rs] for n, rs in runs.items()},
         "runner_only_images_per_s": {

@@ -9,8 +9,9 @@ answer):
   (connection refused, connect timeout) and *maybe sent* (read timeout, connection dropped after
   the request went out, a 5xx or an unreadable 2xx to a submit).
 * A submit whose outcome is unknown is never simply repeated. After the backoff the client asks
-  ``getResponse`` for that taskUUID, again and again over the **settle wait** (``settle_s``,
-  five lookups): as soon as the server knows the task (processing, done or failed) it is polled
+  ``getResponse`` for that taskUUID, again and again over the **settle wait** (at least
+  ``settle_s`` AND at least five answered lookups, so lookups slowed by retries or load never
+  shorten it): as soon as the server knows the task (processing, done or failed) it is polled
   to completion. Only when every lookup of the settle wait says "not known" — ``{"data": []}``
   or a not-found code (``is_not_found``: exactly the codes Runware's SDK reads as not found:
   ``taskFailedOrNotFound``, ``taskCancelled``, ``unknownModel``, ``…NotFound``, ``…Expired``) — is
@@ -20,8 +21,8 @@ answer):
   the client raises TransientError ``outcomeUnknown``; the taskUUID stays on record and the next
   run looks it up again by the same rules.
 * A server that charges a repeated taskUUID again can bill twice only for a task it accepted
-  but kept invisible to getResponse (empty or not-found) for the whole settle wait: at most one
-  extra charge per such submit (README, Cost safety).
+  but kept invisible to getResponse (empty or not-found) for the whole settle wait (≥ settle_s
+  and ≥ five answered lookups): at most one extra charge per such submit (README, Cost safety).
 * Retried: connection errors, timeouts, 408, 429 and 5xx, with capped exponential backoff and
   full jitter (``backoff_base_s`` × 2^k, at most ``backoff_cap_s``), or the server's
   ``Retry-After`` (seconds or HTTP date). Never retried: RequestRejected, AuthError,
@@ -93,6 +94,7 @@ from pipeline.errors import (
     SafetyError,
     TransientError,
 )
+from pipeline.images import read_reference
 from pipeline.journal import utc_now
 from pipeline.sweep import is_local_file
 
@@ -120,7 +122,7 @@ PROBE_EVERY = 8  # one task in this many is first polled early, to learn when la
 PROBE_AT = 0.5  # … at this fraction of the target
 LOW_QUANTILE = 0.1  # with `progress`: first polls aim at this quantile of completion times
 EMPTY_ANSWERS_SYNC = 3  # a known sync task answering nothing this often: its result is not kept
-SETTLE_LOOKUPS = 4  # lookups spread over the settle wait (after the first)
+SETTLE_LOOKUPS = 4  # answered lookups the settle wait needs after the first (settle_s > 0)
 MAX_DURATION_S = 30 * 24 * 3600.0  # every duration is clamped to this (no wait may overflow)
 POLL_BACKOFF = 1.5
 POLL_BATCH_MAX = 50  # getResponse tasks per POST with batch_polls
@@ -1324,25 +1326,32 @@ class Client:
         """Look the task up until it is known, or "not known" has lasted `settle_s`: True if known.
 
         An accepted task can answer nothing (queued, or a finished sync task) or even "not
-        found" for a while; only an answer that stays so for the whole settle wait lets the
-        caller re-submit (with the same taskUUID). A sync task is also asked getTaskDetails.
+        found" for a while; only an answer that stays so for the whole settle wait — at least
+        `settle_s` AND at least 1 + SETTLE_LOOKUPS answered lookups — lets the caller
+        re-submit (with the same taskUUID). A sync task is also asked getTaskDetails.
         """
         deadline = time.monotonic() + self.settle_s
         step = max(self.settle_s / SETTLE_LOOKUPS, 0.01)
+        # Both a time and a count: a server may hide a queued task for N polls, not N seconds,
+        # and a lookup that needed retries (a 429's Retry-After, a dropped connection) must not
+        # use up the wait in time. settle_s=0 means one lookup.
+        needed = 1 + SETTLE_LOOKUPS if self.settle_s > 0 else 1
+        answered = 0
         asked_details = False
         while True:
             if self._lookup(state) == "known":
                 return True
+            answered += 1
             if state.sync and not asked_details:
                 asked_details = True
                 if self._details(state):
                     state.via_details = not state.finished
                     return True
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 and answered >= needed:
                 return False
             self._count("settle_waits")
-            self._sleep(min(step, left))
+            self._sleep(min(step, left) if left > 0 else step)
 
     def _details(self, state: _Pending) -> bool:
         """getTaskDetails for `state`'s task: True (and absorbed) if it tells the task's result.
@@ -1588,10 +1597,11 @@ class Client:
         return value
 
     def _reference(self, path: Path) -> str:
+        # Read safely: the file may have been swapped since planning (a FIFO would hang a read).
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read reference image {path}: {exc.strerror}") from exc
+            data = read_reference(path)
+        except ValueError as exc:
+            raise ConfigError(f"cannot read reference image {path}: {exc}") from exc
         ext = _sniff_ext(data) or path.suffix.lower().lstrip(".")
         uri = f"data:{_EXT_MIME.get(ext, 'image/png')};base64,{base64.b64encode(data).decode()}"
         if not self.upload_refs:

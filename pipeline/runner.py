@@ -194,8 +194,7 @@ class Runner:
             self._count(self.done_here[cell.cell_id], 0, 0.0)
             return True
         stored = self.store.get(cell.cell_id, backend=self.backend)
-        if stored is not None:
-            self._from_store(cell, stored)
+        if stored is not None and self._from_store(cell, stored):
             return True
         with self._idle:
             # What the cell may cost: its estimate, scaled up if bills have run above estimates.
@@ -276,8 +275,12 @@ class Runner:
                 task_uuid = claimed if fresh else self.store.intent(cell.cell_id) or claimed
             stored = self.store.get(cell.cell_id, backend=self.backend)
             if stored is not None:  # finished by another run since this one looked
-                self._from_store(cell, stored)
-                return
+                if self._from_store(cell, stored):
+                    return
+                old = _stored_task(stored.record)
+                if fresh and old:  # nothing sent yet: ask for the stored copy's task first
+                    self.store.record_intent(cell.cell_id, old)
+                    task_uuid, fresh = old, False
             if not fresh:
                 generation, task_uuid = self._recover(cell, task_uuid, number)
             if generation is None:
@@ -430,17 +433,38 @@ class Runner:
         with contextlib.suppress(Exception):  # the intent and the store still hold what was paid
             self.journal.results([row])
 
-    def _from_store(self, cell: Cell, stored: StoredCell) -> None:
+    def _from_store(self, cell: Cell, stored: StoredCell) -> bool:
+        """Answer a cell from the store; False if its stored copy broke or went away: run it.
+
+        Another process may damage or remove the cell between `get` and the linking (the store
+        sets a damaged cell aside); either way the record's taskUUID is kept as an intent, so
+        running the cell recovers that task by taskUUID before anything is paid again.
+        """
         record = stored.record
         paths = [
             images.image_relpath(cell.cell_id, img["result_index"], img["ext"])
             for img in record["images"]
         ]
-        self.store.link_images(cell.cell_id, self.images_dir, [Path(p).name for p in paths])
+        try:
+            self.store.link_images(cell.cell_id, self.images_dir, [Path(p).name for p in paths])
+        except (KeyError, ValueError, OSError) as exc:
+            if self.store.get(cell.cell_id, backend=self.backend) is not None:
+                # The stored copy is whole: the failure is on this side (e.g. a full disk).
+                # Never paid again for that: failed here, served from the store on a rerun.
+                log.warning("cell %s: cannot link its stored images: %s", cell.cell_id, exc)
+                self._unrecorded(cell, 0.0, exc)
+                return True
+            task = _stored_task(record)
+            if task and self.store.intent(cell.cell_id) is None:
+                with contextlib.suppress(OSError):  # its task is asked for before paying again
+                    self.store.claim_intent(cell.cell_id, task)
+            log.warning("cell %s: its stored copy went away (%s); run again", cell.cell_id, exc)
+            return False
         base = manifest.cell_row(cell, estimated_cost_usd=0.0, backend=self.backend)
         rows = manifest.cached_rows(base, record, paths)
         self.journal.results(rows, sync=False)  # re-derivable from the store: no fsync per cell
         self._count("cached", len(rows), 0.0)
+        return True
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -450,6 +474,15 @@ class Runner:
             self.outcome.images += n_images
             self.outcome.billed_usd += billed
         self.progress.add(status, n_images, billed)
+
+
+def _stored_task(record: dict[str, Any]) -> str | None:
+    """The taskUUID a stored cell's images came from, if its record names one."""
+    for img in record.get("images") or []:
+        task = img.get("task_uuid") if isinstance(img, dict) else None
+        if isinstance(task, str) and task:
+            return task
+    return None
 
 
 def run_sweep(

@@ -68,6 +68,17 @@ def test_baseline_requests_loop_runs() -> None:
         assert result["images"] == 6 and result["images_per_s"] > 0
 
 
+def test_baseline_loop_waits_the_first_poll_like_the_runner() -> None:
+    """The loop follows the runner's rule: no first poll sooner than first_poll_s before a
+    completion is seen (bench/README.md), so at zero latency 4 images at C=4 take ≥ 0.6 s."""
+    from bench.common import emulator_process
+
+    with emulator_process(0.0) as url:
+        args = ("--url", url, "--kind", "requests", "--images", "4", "--concurrency", "4")
+        result = child("baseline", *args, "--first-poll-s", "0.6", timeout=120)
+    assert result["images"] == 4 and result["wall_s"] >= 0.6
+
+
 def test_table_command_quick_writes_the_table(tmp_path: Path) -> None:
     out = tmp_path / "results.md"
     code = table_cmd.main(["--quick", "--only", "latency", "--out", str(out)])

@@ -22,6 +22,7 @@ from pipeline.client import Client, Generation, classify
 from pipeline.errors import (
     ApiError,
     AuthError,
+    ConfigError,
     CreditsError,
     NotFoundError,
     RateLimited,
@@ -890,6 +891,42 @@ def test_emulator_uploads_a_reference_once(emulator_cls: Any, tmp_path: Path) ->
     sent_refs = {g.request["inputs"]["referenceImages"][0]["image"] for g in gens}
     assert len(sent_refs) == 1 and str(ref) not in sent_refs
     assert len(entries) == 10 and all(e["cost"] == 0.065 for e in entries)
+
+
+@pytest.mark.parametrize("swap", ["fifo", "empty", "not_an_image"])
+def test_a_reference_swapped_after_planning_is_refused_at_upload(
+    emulator_cls: Any, tmp_path: Path, swap: str
+) -> None:
+    """harden-helper: the upload read the file with read_bytes(); a FIFO swapped in hung it."""
+    import os
+
+    ref = tmp_path / "palette.png"
+    if swap == "fifo":
+        os.mkfifo(ref)
+    else:
+        ref.write_bytes(b"" if swap == "empty" else b"plain text, no image")
+    request = {**REQUEST, "inputs": {"referenceImages": [{"image": str(ref), "strength": 0.7}]}}
+    outcome: dict[str, BaseException] = {}
+
+    def run(c: Client) -> None:
+        try:
+            c.generate(request, tid())
+        except BaseException as exc:  # handed to the test thread
+            outcome["exc"] = exc
+
+    with emulator_cls(port=0, latency_s=0.0) as emu, make_client(emu.base_url) as c:
+        worker = threading.Thread(target=run, args=(c,), daemon=True)
+        worker.start()
+        worker.join(10)
+        hung = worker.is_alive()
+        if hung and swap == "fifo":  # release the blocked reader so the thread can end
+            os.close(os.open(ref, os.O_WRONLY | os.O_NONBLOCK))
+            worker.join(5)
+        posts = emu.stats().get("posts", 0)
+    assert not hung, "the upload blocked on the reference file"
+    exc = outcome.get("exc")
+    assert isinstance(exc, ConfigError), exc
+    assert str(ref) in str(exc) and posts == 0  # refused before anything was sent or paid
 
 
 def test_emulator_faults_never_pay_twice(emulator_cls: Any, tmp_path: Path) -> None:

@@ -8,12 +8,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, run_cli
+from conftest import cli_env, compose_config, run_cli
 from runs import charges_by_seed, ledger, read_manifest, run_sweep_inprocess, seed_sweep
 
 from pipeline import images, manifest
+from pipeline.client import Client
 from pipeline.emulator import Emulator
 from pipeline.journal import read_journal
+from pipeline.runner import Outcome, Runner
+from pipeline.settings import RunnerSettings
+from pipeline.store import Store, StoredCell
+from pipeline.sweep import expand, load_sweep
 
 
 def _emulator_edits(emu: Emulator) -> dict[str, object]:
@@ -228,3 +233,59 @@ def test_a_key_revoked_while_polling_keeps_the_tasks_for_the_rerun(
     assert charges_by_seed(tmp_path / "l.jsonl") == {0: 1, 1: 1, 2: 1}
     recovered = read_manifest(tmp_path / "r2")
     assert recovered["request_json"].str.contains('"positivePrompt"').all()  # not a stub request
+
+
+class _RacingStore(Store):
+    """A store another process damages (or removes a cell from) right after each first `get`."""
+
+    def __init__(self, root: Path, how: str) -> None:
+        super().__init__(root)
+        self.how = how
+        self.raced: set[str] = set()
+        self.seen: set[str] = set()
+
+    def get(self, cell_id: str, *, backend: str | None = None) -> StoredCell | None:
+        stored = super().get(cell_id, backend=backend)
+        if self.how == "late" and cell_id not in self.seen:  # as if another run stored it
+            self.seen.add(cell_id)  # after the runner's first look, i.e. in the worker
+            return None
+        if stored is not None and cell_id not in self.raced:
+            self.raced.add(cell_id)
+            if self.how == "damaged":
+                stored.images[0].unlink()
+            else:
+                self.remove(cell_id)
+        return stored
+
+
+def _runner_run(emu: Emulator, store: Store, run_dir: Path, tmp_path: Path) -> Outcome:
+    sweep = load_sweep(seed_sweep(4, name="race"), tmp_path)
+    with Client(emu.base_url, "k", first_poll_s=0.05, settle_s=0.2) as client:
+        runner = Runner(
+            sweep=sweep,
+            client=client,
+            store=store,
+            run_dir=run_dir,
+            price_table=compose_config("run")["pricing"],
+            budget_usd=5.0,
+            cfg=RunnerSettings(
+                concurrency=2, max_retries=2, progress="none", log_every=1, stop_grace_s=1.0
+            ),
+            backend="emulator",
+            total_cells=4,
+        )
+        return runner.run(expand(sweep))
+
+
+@pytest.mark.parametrize("how", ["damaged", "removed", "late"])
+def test_a_stored_cell_that_breaks_before_linking_is_recovered(tmp_path: Path, how: str) -> None:
+    """harden-helper: a cell damaged/removed between store.get and link_images was a KeyError."""
+    with Emulator(latency_s=0.02) as emu:
+        first = _runner_run(emu, Store(tmp_path / "store"), tmp_path / "r1", tmp_path)
+        assert first.ok == 4 and len(emu.ledger_entries()) == 4
+        racing = _RacingStore(tmp_path / "store", how)
+        second = _runner_run(emu, racing, tmp_path / "r2", tmp_path)
+        charges = len(emu.ledger_entries())
+    assert len(racing.raced) == 4 and second.failed == 0 and second.ok == 4
+    assert charges == 4  # recovered by the stored task's taskUUID, not paid again
+    assert len(list((tmp_path / "r2" / "images").iterdir())) == 4
