@@ -565,7 +565,8 @@ def summary(
     lines = [
         "",
         f"images   {int((frame['status'] != 'failed').sum()):,} "
-        f"({outcome.ok:,} cells run, {outcome.cached:,} cached, {outcome.failed:,} failed)",
+        f"({outcome.ok:,} cell{'' if outcome.ok == 1 else 's'} run, {outcome.cached:,} cached, "
+        f"{outcome.failed:,} failed)",
     ]
     if by_code:
         lines.append("failures " + ", ".join(f"{code} × {n}" for code, n in by_code.items()))

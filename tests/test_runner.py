@@ -289,3 +289,15 @@ def test_a_stored_cell_that_breaks_before_linking_is_recovered(tmp_path: Path, h
     assert len(racing.raced) == 4 and second.failed == 0 and second.ok == 4
     assert charges == 4  # recovered by the stored task's taskUUID, not paid again
     assert len(list((tmp_path / "r2" / "images").iterdir())) == 4
+
+
+def test_the_summary_says_one_cell_not_one_cells(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Walkthrough: the summary said "1 cells run"."""
+    with Emulator() as emu:
+        code = run_sweep_inprocess(
+            tmp_path, seed_sweep(1), tmp_path / "one", **_emulator_edits(emu)
+        )
+    assert code == 0
+    assert "(1 cell run, 0 cached, 0 failed)" in capsys.readouterr().out
