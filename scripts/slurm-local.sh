@@ -16,6 +16,23 @@ MUNGE_SOCKET=/run/munge/munge.socket.2
 
 die() { echo "slurm-local: $*" >&2; exit 1; }
 
+# Jobs get a private /tmp, as on a node other than the submitting host — unless this checkout
+# itself lives under /tmp (or /dev/shm), where a private /tmp would hide the code from the jobs.
+REPO_DIR=$(cd "$(dirname "$0")/.." && pwd -P)
+case "$REPO_DIR/" in
+  /tmp/* | /dev/shm/*) PRIVATE_TMP=0 ;;
+  *) PRIVATE_TMP=1 ;;
+esac
+
+container_conf() {
+  if [ "$PRIVATE_TMP" = 1 ]; then
+    printf '%s\n' "# Each job gets a private /tmp and /dev/shm, as on a node other than the submitting host." \
+      "JobContainerType=job_container/tmpfs" "PrologFlags=Contain"
+  else
+    printf '%s\n' "# The checkout is under /tmp: jobs share the host's /tmp (a private one would hide the code)."
+  fi
+}
+
 write_conf() {
   if [ -f "$CONF" ] && ! head -1 "$CONF" | grep -qF "$MARK"; then
     die "$CONF exists and was not written by this script: not touching a real cluster's config"
@@ -48,9 +65,7 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
-# Each job gets a private /tmp and /dev/shm, as on a node other than the submitting host.
-JobContainerType=job_container/tmpfs
-PrologFlags=Contain
+$(container_conf)
 MpiDefault=none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
