@@ -86,8 +86,13 @@ def sweep_args(url: str, seeds: int) -> list[str]:
 
 
 def slurm_multirun(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`krea-run -m … hydra/launcher=slurm` in `work`."""
-    return run_cli("run", "-m", *SLURM, *args, cwd=work, timeout=TIMEOUT_S)
+    """`krea-run -m … hydra/launcher=slurm` in `work`.
+
+    The user's data and cache dirs (the store, sweep-file links) are in `work`, which every job
+    sees, as a home directory is on a real cluster: the test's own are under its private /tmp.
+    """
+    env = cli_env(XDG_DATA_HOME=str(work / "xdg-data"), XDG_CACHE_HOME=str(work / "xdg-cache"))
+    return run_cli("run", "-m", *SLURM, *args, cwd=work, timeout=TIMEOUT_S, env=env)
 
 
 def slurm_tasks_run(sweep_dir: Path) -> list[str]:
