@@ -22,16 +22,9 @@ import random
 import threading
 from dataclasses import dataclass
 
-FAULT_KINDS = (
-    "http_429",
-    "http_500",
-    "http_503",
-    "http_504",
-    "accepted_500",
-    "accepted_disconnect",
-    "disconnect",
-    "stall",
-)
+from pipeline.settings import FAULT_NAMES
+
+FAULT_KINDS = FAULT_NAMES  # one list (settings owns it), in draw order
 
 
 def parse_faults(text: str) -> dict[str, float]:
