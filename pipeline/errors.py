@@ -2,6 +2,7 @@
 
     PipelineError                 expected; shown as one line on stderr, exit 1
     ├── ConfigError               a broken sweep file, override or config value
+    │   └── UnknownModel          a model AIR the registry (pipeline/models) does not know
     ├── ValidationFailed          expanded requests that break the model's schema (all at once)
     ├── BudgetExceeded            the plan's estimate is over budget.max_usd
     ├── SelectError               a krea-reproduce `select` that names nothing or cannot be read
@@ -29,6 +30,10 @@ class PipelineError(Exception):
 
 class ConfigError(PipelineError):
     """A sweep file, override or config value that cannot be used."""
+
+
+class UnknownModel(ConfigError):
+    """A model AIR that no entry of the registry (pipeline/models) has; the message lists them."""
 
 
 class ValidationFailed(PipelineError):

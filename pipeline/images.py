@@ -42,6 +42,8 @@ from xml.sax.saxutils import escape, unescape
 
 from PIL import Image
 
+from pipeline import models
+
 TOOL = "krea-sweep"
 KEYWORD = b"krea-sweep"
 
@@ -174,9 +176,10 @@ def describe(recipe: Mapping[str, Any]) -> str:
         parts.append(f"Size: {request['width']}x{request['height']}")
     if request.get("model"):
         parts.append(f"Model: {request['model']}")
-    creativity = (request.get("settings") or {}).get("creativity")
-    if creativity:
-        parts.append(f"Creativity: {creativity}")
+    for column in models.extra_columns():  # the models' own fields, e.g. `Creativity: high`
+        value = column.read(request)
+        if value:
+            parts.append(f"{column.label}: {value}")
     refs = (request.get("inputs") or {}).get("referenceImages") or []
     strengths = [str(r.get("strength")) for r in refs if isinstance(r, dict) and "strength" in r]
     if strengths:

@@ -18,7 +18,6 @@ Conventions:
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -26,8 +25,9 @@ from typing import Any, Protocol, cast
 
 import pandas as pd
 
-from pipeline import images, journal
+from pipeline import images, journal, models
 from pipeline.errors import PipelineError
+from pipeline.sweep import canonical_json
 
 TIMESTAMP = "datetime64[ms, UTC]"  # submitted_at / finished_at: UTC, millisecond precision
 # Low-cardinality text is categorical; where the values are known, every frame has the same
@@ -38,6 +38,8 @@ KNOWN_CATEGORIES: dict[str, list[str]] = {
 }
 CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet would run such a cell
 
+# The fixed columns; after `height` come the extra columns the models declare (pipeline/models:
+# today `settings.creativity`), then the rest.
 COLUMNS: dict[str, str] = {
     "cell_id": "string",
     "cell_index": "Int64",
@@ -47,7 +49,7 @@ COLUMNS: dict[str, str] = {
     "positivePrompt": "string",
     "width": "Int64",
     "height": "Int64",
-    "settings.creativity": "string",
+    **{column.name: column.dtype for column in models.extra_columns()},
     "numberResults": "Int64",
     "reference_count": "Int64",
     "task_uuid": "string",
@@ -140,11 +142,6 @@ def column_names(axis_names: Sequence[str]) -> list[str]:
     return _FIXED[:_SPLIT] + axes + _FIXED[_SPLIT:]
 
 
-def canonical_json(obj: Any) -> str:
-    """Compact, key-sorted JSON (the project's canonical form)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 # --- row helpers -------------------------------------------------------------------------------
 
 
@@ -159,7 +156,7 @@ def cell_row(cell: CellLike, *, estimated_cost_usd: float | None, backend: str) 
         "positivePrompt": req.get("positivePrompt"),
         "width": req.get("width"),
         "height": req.get("height"),
-        "settings.creativity": (req.get("settings") or {}).get("creativity"),
+        **{column.name: column.read(req) for column in models.extra_columns()},
         "numberResults": n,
         "reference_count": len((req.get("inputs") or {}).get("referenceImages") or []),
         "estimated_cost_usd": None if estimated_cost_usd is None else estimated_cost_usd / n,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -88,14 +88,16 @@ def make_plan(
     out_dir: Path | None = None,
     backend: str | None = None,
     cell_count: int | None = None,
+    models: Collection[str] | None = None,
 ) -> Plan:
     """Validate, shard, price and look up every cell in one streaming pass; write plan.parquet.
 
     With `cell_count` (the sweep's size, from its shape), a sweep that is over the budget even at
-    the cheapest price, with as many cells free as the store holds, is refused before the pass.
+    the cheapest price of its `models` (every model of the table when not given), with as many
+    cells free as the store holds, is refused before the pass.
     """
     if cell_count is not None:
-        check_least_cost(cell_count, price_table, budget_usd, store)
+        check_least_cost(cell_count, price_table, budget_usd, store, models)
     string_axes: set[str] = set()
     while True:
         try:
@@ -289,12 +291,14 @@ def check_budget(plan: Plan) -> None:
         )
 
 
-def least_price(table: dict[str, Any]) -> float:
-    """The lowest price of one image in the price table (0 when it has none)."""
+def least_price(table: dict[str, Any], models: Collection[str] | None = None) -> float:
+    """The lowest price of one image in the table, of `models` when it prices any (0: none)."""
+    rows = {a: m for a, m in (table.get("models") or {}).items() if isinstance(m, dict)}
+    if models is not None and rows.keys() & set(models):
+        rows = {a: m for a, m in rows.items() if a in models}
     prices = [
         float(v)
-        for model in (table.get("models") or {}).values()
-        if isinstance(model, dict)
+        for model in rows.values()
         for v in model.values()
         if isinstance(v, int | float) and not isinstance(v, bool)
     ]
@@ -302,10 +306,14 @@ def least_price(table: dict[str, Any]) -> float:
 
 
 def check_least_cost(
-    cells: int, table: dict[str, Any], budget_usd: float, store: HasCells | None
+    cells: int,
+    table: dict[str, Any],
+    budget_usd: float,
+    store: HasCells | None,
+    models: Collection[str] | None = None,
 ) -> None:
     """Refuse at once a sweep whose least possible cost is over the budget (no expansion)."""
-    price = least_price(table)
+    price = least_price(table, models)
     if cells * price <= budget_usd + 1e-9:
         return
     stored = store.count() if store is not None and hasattr(store, "count") else 0

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from pipeline import models
 from pipeline.errors import ConfigError
 from pipeline.resources import CONF_DIR
 
@@ -25,16 +26,8 @@ def load_price_table(path: Path = PRICE_TABLE_PATH) -> dict[str, Any]:
 
 
 def unit_price(request: dict[str, Any], table: dict[str, Any]) -> float:
-    """Price of one image of `request`: moodboards beat reference images beat plain text."""
-    model = request.get("model")
-    prices = table["models"].get(model)
-    if prices is None:
-        raise ConfigError(f"no price for model {model!r} in the price table")
-    if (request.get("settings") or {}).get("moodboards"):
-        return float(prices["with_moodboards"])
-    if (request.get("inputs") or {}).get("referenceImages"):
-        return float(prices["with_reference_images"])
-    return float(prices["per_image"])
+    """Price of one image of `request`: its model's entry picks the tier of the price table."""
+    return models.get(request.get("model")).unit_price(request, table)
 
 
 def estimate(request: dict[str, Any], table: dict[str, Any]) -> float:

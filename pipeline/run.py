@@ -65,6 +65,7 @@ def run_job(cfg: dict[str, Any], ctx: JobContext) -> int:
         out_dir=ctx.run_dir,
         backend=api.backend,
         cell_count=count_cells(sweep),  # an over-budget sweep is refused before it is expanded
+        models=sweep.models,  # ... at the least price of the models it names
     )
     stop = gate(plan, api, dry_run=dry_run, confirm=cfg.get("confirm") is not False, store=where)
     if stop is not None:

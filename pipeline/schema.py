@@ -1,4 +1,8 @@
-"""Validate expanded requests against the model's JSON Schema, reporting every problem at once.
+"""Validate each expanded request against its model's JSON Schema, reporting every problem at once.
+
+Each request is checked against the schema of the model it names (`pipeline.models`); a request
+without `model` against the default model's (which reports the missing field); a model the
+registry does not know is one `UnknownModel` error naming the cell and listing the known models.
 
 Speed: a full jsonschema check costs ~100 µs, too slow for 100,000 cells. Cells of a sweep differ
 mostly in prompt text and seed, whose rules do not interact with the rest of the schema, so those
@@ -16,12 +20,12 @@ from typing import Any
 
 import jsonschema
 
-from pipeline.errors import ValidationFailed
+from pipeline import models
+from pipeline.errors import UnknownModel, ValidationFailed
 from pipeline.images import image_input_problem
-from pipeline.resources import SCHEMA_DIR
-from pipeline.sweep import Cell, canonical_json, is_local_file
+from pipeline.models import Model
+from pipeline.sweep import Cell, canonical_json, format_path, is_local_file
 
-REQUEST_SCHEMA_PATH = SCHEMA_DIR / "krea-2-large.request.json"
 # Placeholders for the per-attempt fields the client adds at send time.
 _ATTEMPT_FIELDS = {"taskType": "imageInference", "taskUUID": "00000000-0000-4000-8000-000000000000"}
 _FREE_FIELDS = ("positivePrompt", "seed")  # checked alone, left out of the memo key
@@ -29,30 +33,20 @@ _EXAMPLES_PER_PROBLEM = 5
 _SET_BY_US = {"taskType", "taskUUID", "deliveryMethod", "includeCost"}  # not for a sweep to set
 
 
-@cache
-def request_schema() -> dict[str, Any]:
-    """The JSON Schema of one imageInference request (loaded once)."""
-    schema: dict[str, Any] = json.loads(REQUEST_SCHEMA_PATH.read_text())
-    return schema
+def model_of(request: dict[str, Any]) -> Model:
+    """The entry of the request's model (the default's when it names none); UnknownModel."""
+    return models.get(request.get("model", models.DEFAULT_AIR))
 
 
 @cache
-def _validators() -> tuple[
-    jsonschema.Draft202012Validator, dict[str, jsonschema.Draft202012Validator]
-]:
-    schema = request_schema()
+def _validators(
+    air: str,
+) -> tuple[jsonschema.Draft202012Validator, dict[str, jsonschema.Draft202012Validator]]:
+    schema = models.get(air).request_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     full = jsonschema.Draft202012Validator(schema)
     free = {f: jsonschema.Draft202012Validator(schema["properties"][f]) for f in _FREE_FIELDS}
     return full, free
-
-
-def json_path(parts: Iterable[str | int]) -> str:
-    """Render a jsonschema path as a request path: `inputs.referenceImages[0].strength`."""
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(request)"
 
 
 def _allowed(schema: dict[str, Any]) -> str:
@@ -63,9 +57,9 @@ def _allowed(schema: dict[str, Any]) -> str:
     return ""
 
 
-def describe(error: jsonschema.ValidationError) -> tuple[str, str]:
-    """One jsonschema error → (request path, what is wrong and what is allowed)."""
-    path = json_path(error.absolute_path)
+def describe(error: jsonschema.ValidationError, model: Model) -> tuple[str, str]:
+    """One jsonschema error of `model`'s schema → (request path, what is wrong and allowed)."""
+    path = format_path(error.absolute_path) or "(request)"
     value: Any = error.instance
     schema: dict[str, Any] = error.schema if isinstance(error.schema, dict) else {}
     kind = error.validator
@@ -89,7 +83,7 @@ def describe(error: jsonschema.ValidationError) -> tuple[str, str]:
         where = f"{path}." if error.absolute_path else ""
         return (
             f"{where}{extra[0]}",
-            f"unknown key (Krea 2 Large does not take it); allowed: {allowed}",
+            f"unknown key ({model.name} does not take it); allowed: {allowed}",
         )
     if kind in ("minItems", "maxItems"):
         lo, hi = schema.get("minItems", 0), schema.get("maxItems", "any")
@@ -100,31 +94,35 @@ def describe(error: jsonschema.ValidationError) -> tuple[str, str]:
         return path, f"{shown} must be an http(s) URL"
     if kind == "anyOf" and not error.absolute_path:
         w, h = value.get("width"), value.get("height")
-        sizes = ", ".join(request_schema()["x-allowedSizes"])
+        sizes = ", ".join(model.request_schema()["x-allowedSizes"])
         return "width,height", f"{w}x{h} is not an allowed size pair; allowed: {sizes}"
     if kind == "anyOf" and error.context:
         # A reference image: explain the object branch, which is what people write.
         deepest = max(error.context, key=lambda e: len(e.absolute_path))
-        return describe(deepest)
+        return describe(deepest, model)
     return path, error.message
 
 
 def request_problems(request: dict[str, Any]) -> list[tuple[str, str]]:
-    """Every (path, message) problem of one cell request; [] when valid."""
-    _, free = _validators()
+    """Every (path, message) problem of one cell request; [] when valid (UnknownModel)."""
+    model = model_of(request)
+    _, free = _validators(model.air)
     shape = {k: v for k, v in request.items() if k not in _FREE_FIELDS}
-    problems = list(_shape_problems(canonical_json(shape)))
+    problems = list(_shape_problems(model.air, canonical_json(shape)))
     for name in _FREE_FIELDS:
         if name in request and not free[name].is_valid(request[name]):
-            problems += [(name, describe(e)[1]) for e in free[name].iter_errors(request[name])]
+            problems += [
+                (name, describe(e, model)[1]) for e in free[name].iter_errors(request[name])
+            ]
     if "positivePrompt" not in request:
         problems.append(("positivePrompt", "is required but missing"))
     return problems
 
 
 @cache
-def _shape_problems(shape_json: str) -> tuple[tuple[str, str], ...]:
-    full, _ = _validators()
+def _shape_problems(air: str, shape_json: str) -> tuple[tuple[str, str], ...]:
+    model = models.get(air)
+    full, _ = _validators(air)
     task = {**_ATTEMPT_FIELDS, "positivePrompt": "x", **json.loads(shape_json)}
     errors = list(full.iter_errors(task))
     own_size_error = any(
@@ -134,7 +132,7 @@ def _shape_problems(shape_json: str) -> tuple[tuple[str, str], ...]:
     for error in errors:
         if error.validator == "anyOf" and not error.absolute_path and own_size_error:
             continue  # width or height is already reported on its own
-        found.append(describe(error))
+        found.append(describe(error, model))
     return tuple(found) + tuple(_image_input_problems(task))
 
 
@@ -158,6 +156,12 @@ def _clip(value: str) -> str:
     return repr(value if len(value) <= 60 else value[:57] + "...")
 
 
+def cell_text(cell: Cell) -> str:
+    """A cell as problems name it: `cell 3 (settings.creativity=raw, seed=42)`."""
+    axes = ", ".join([*(f"{k}={v}" for k, v in cell.axes.items()), f"seed={cell.seed}"])
+    return f"cell {cell.index} ({axes})"
+
+
 @dataclass
 class ProblemLog:
     """Problems grouped by (path, message): 4,000 cells sharing one mistake say it once."""
@@ -179,8 +183,7 @@ class ProblemLog:
         for key, cells in self.groups.items():
             path, message = key
             for cell in cells:
-                axes = ", ".join([*(f"{k}={v}" for k, v in cell.axes.items()), f"seed={cell.seed}"])
-                out.append(f"  cell {cell.index} ({axes}): {path}: {message}")
+                out.append(f"  {cell_text(cell)}: {path}: {message}")
             rest = self.counts[key] - len(cells)
             if rest:
                 out.append(f"  … and {rest} more cell(s) with {path}: {message}")
@@ -196,7 +199,10 @@ def validate_cells(cells: Iterable[Cell], log: ProblemLog | None = None) -> Iter
     """Yield every cell; valid or not, problems are collected and raised once the stream ends."""
     log = log if log is not None else ProblemLog()
     for cell in cells:
-        problems = request_problems(cell.request)
+        try:
+            problems = request_problems(cell.request)
+        except UnknownModel as exc:
+            raise UnknownModel(f"{cell_text(cell)}: {exc}; nothing was sent") from None
         if problems:
             log.add(cell, problems)
         yield cell

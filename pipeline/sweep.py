@@ -59,7 +59,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -189,6 +189,16 @@ class Sweep:
     axis_names: list[str]
     program: _Program = field(repr=False, compare=False)
 
+    @property
+    def models(self) -> list[str]:
+        """Every model AIR a cell can name (base, axes, includes), each once, in file order."""
+        found: list[Any] = [self.base.get("model")]
+        for axis in (*self.grid, *(axis for group in self.zip for axis in group)):
+            if axis.path == "model":
+                found += axis.values
+        found += [entry.get("model") for entry in self.include]
+        return list(dict.fromkeys(m for m in found if isinstance(m, str)))
+
 
 # --------------------------------------------------------------------------- public helpers
 
@@ -257,11 +267,11 @@ def parse_path(path: str) -> tuple[Token, ...]:
     return tuple(m[1] if m[1] is not None else int(m[2]) for m in _TOKEN_RE.finditer(path))
 
 
-def format_path(tokens: Sequence[Token]) -> str:
-    """Render path tokens as `a.b[0].c`."""
+def format_path(tokens: Iterable[Token]) -> str:
+    """Render path tokens (or a jsonschema error's path) as `a.b[0].c`; "" for none."""
     out = ""
     for tok in tokens:
-        out += f"[{tok}]" if isinstance(tok, int) else (f".{tok}" if out else tok)
+        out += f"[{tok}]" if isinstance(tok, int) else (f".{tok}" if out else str(tok))
     return out
 
 

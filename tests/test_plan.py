@@ -202,15 +202,17 @@ def test_shards_share_the_budget_in_proportion_to_their_estimates(tmp_path: Path
 
 
 def test_the_least_cost_gate_counts_only_what_the_store_could_serve(tmp_path: Path) -> None:
-    assert least_price(TABLE) == 0.06
-    check_least_cost(100, TABLE, 6.0, None)  # 100 x $0.06 fits exactly
+    large = ["krea:krea@2-large"]  # a sweep of Krea 2 Large only: Large's least price
+    assert least_price(TABLE, large) == 0.06
+    assert least_price(TABLE) == 0.03  # any model of the table: Krea 2 Medium's
+    check_least_cost(100, TABLE, 6.0, None, large)  # 100 x $0.06 fits exactly
     with pytest.raises(BudgetExceeded, match=r"at least \$6.06 \(101 cells"):
-        check_least_cost(101, TABLE, 6.0, None)
+        check_least_cost(101, TABLE, 6.0, None, large)
     # 1,000 cells, 950 of which the store might serve: at least 50 x $0.06 = $3 still to pay
     stored = FakeStore(f"{i:020x}" for i in range(950))
-    check_least_cost(1000, TABLE, 3.0, stored)
+    check_least_cost(1000, TABLE, 3.0, stored, large)
     with pytest.raises(BudgetExceeded, match="950 of them at most from the store"):
-        check_least_cost(1000, TABLE, 2.99, stored)
+        check_least_cost(1000, TABLE, 2.99, stored, large)
 
 
 def test_make_plan_refuses_before_expanding_when_the_count_is_over_budget(tmp_path: Path) -> None:
