@@ -15,6 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from pipeline import models
 from pipeline.errors import ConfigError
 from pipeline.sweep import (
     PER_ATTEMPT_FIELDS,
@@ -640,6 +641,7 @@ EXAMPLES = [
     ("sizes", 8),
     ("big_sampled", 200),
     ("bench_100k", 100_000),
+    ("large_vs_medium", 16),
 ]
 
 
@@ -656,9 +658,12 @@ def test_example_sweep(name: str, cells: int) -> None:
     assert not list(jsonschema.Draft202012Validator(sweep_schema()).iter_errors(spec))
     sweep = load_sweep(spec, path.parent)
     assert count_cells(sweep) == cells and sweep.name == name
-    validator = jsonschema.Draft202012Validator(REQUEST_SCHEMA)
     seen = 0
     for cell in itertools.islice(expand(sweep), 500):
+        # each cell against its own model's schema (pipeline/models)
+        validator = jsonschema.Draft202012Validator(
+            models.get(cell.request["model"]).request_schema()
+        )
         assert not list(validator.iter_errors({**cell.request, **ATTEMPT})), cell
         seen += 1
     assert seen == min(cells, 500)

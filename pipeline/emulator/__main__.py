@@ -20,7 +20,8 @@ from pipeline.settings import REPEATED_TASK, UNKNOWN_TASK
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.emulator",
-        description="Runware-compatible emulator for krea:krea@2-large on loopback. Prints "
+        description="Runware-compatible emulator for krea:krea@2-large and the other models of "
+        "pipeline/models, on loopback. Prints "
         "its base URL (http://127.0.0.1:PORT/v1) on one line once it is ready.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind")

@@ -53,6 +53,7 @@ class RenderSpec:
     prompt: str
     seed: int
     creativity: str
+    tag: str  # the label in the top corner: the model's `card_tag` (pipeline/models)
     refs: tuple[tuple[float, RGB], ...] = ()  # (strength, average colour of the reference)
     moodboards: int = 0
     fmt: str = "JPG"
@@ -228,7 +229,7 @@ def draw_card(spec: RenderSpec) -> Image.Image:
     small, mid = max(11, short // 48), max(12, short // 34)
     prompt_size, big = max(12, short // 24), max(14, short // 16)
     draw = ImageDraw.Draw(card)
-    tag = "KREA 2 LARGE · RUNWARE EMULATOR"
+    tag = spec.tag
     tag_w = int(_font(small).getlength(tag)) + small
     draw.rectangle((margin, margin, margin + tag_w, margin + int(small * 1.7)), fill=_PANEL)
     _paste_text(card, (margin + small // 2, margin + small // 4), tag, small, _WHITE, tag_w)

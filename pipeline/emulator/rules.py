@@ -1,4 +1,4 @@
-"""Request validation with the model's JSON Schema, answered as Runware-shaped errors.
+"""Request validation with each registered model's JSON Schema, answered as Runware errors.
 
 Runware reports one error per failed task: `code` (`invalidWidth`, `missingPositivePrompt`,
 `unsupportedParameter`, …), a human `message` in Runware's wording ("Invalid value for 'width'
@@ -10,18 +10,16 @@ what is valid; this module only picks the most useful violation and phrases it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
 import jsonschema
 from jsonschema.exceptions import ValidationError
 
-from pipeline.resources import SCHEMA_DIR
+from pipeline import models
+from pipeline.models import Model
+from pipeline.sweep import format_path
 
-SCHEMA_PATH = SCHEMA_DIR / "krea-2-large.request.json"
-MODEL_AIR = "krea:krea@2-large"
-DOCS_URL = "https://runware.ai/docs/models/krea-2-large"
 _ASPECTS = {
     "1024x1024": "1:1",
     "1184x896": "4:3",
@@ -65,28 +63,14 @@ def task_error(
 
 
 @cache
-def request_schema() -> dict[str, Any]:
-    """The imageInference request schema of krea:krea@2-large (loaded once)."""
-    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    return schema
+def _validator(air: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(models.get(air).request_schema())
 
 
-@cache
-def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(request_schema())
-
-
-def allowed_sizes() -> dict[str, str]:
-    """Aspect label → "WxH" for every size the schema allows, e.g. {"1:1": "1024x1024"}."""
-    return {_ASPECTS.get(size, size): size for size in request_schema()["x-allowedSizes"]}
-
-
-def json_path(parts: Iterable[str | int]) -> str:
-    """A request path such as `inputs.referenceImages[0].strength`."""
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
+def allowed_sizes(model: Model) -> dict[str, str]:
+    """Aspect label → "WxH" for every size the model's schema allows, e.g. {"1:1": "1024x1024"}."""
+    sizes = model.request_schema()["x-allowedSizes"]
+    return {_ASPECTS.get(size, size): size for size in sizes}
 
 
 def _leaf(parts: list[str | int]) -> str:
@@ -103,24 +87,29 @@ def _fmt(value: Any) -> str:
 
 
 def validate_inference(task: dict[str, Any]) -> None:
-    """Raise a 400 TaskError for the first problem of an imageInference task, if any."""
-    model = task.get("model")
-    if model is None:
+    """Raise a 400 TaskError for the first problem of an imageInference task, if any.
+
+    Every registered model is served, each checked against its own schema; any other model is
+    Runware's `unknownModel`, listing the ones this server runs.
+    """
+    air = task.get("model")
+    if air is None:
         raise task_error(
             400, "missingModel", "Missing required parameter 'model'.", task, parameter="model"
         )
-    if model != MODEL_AIR:
+    if not isinstance(air, str) or air not in models.known():
         raise task_error(
             400,
             "unknownModel",
-            f"Unknown model {_fmt(model)}. This server only runs {MODEL_AIR}.",
+            f"Unknown model {_fmt(air)}. This server only runs {', '.join(models.known())}.",
             task,
             parameter="model",
-            allowedValues=[MODEL_AIR],
+            allowedValues=list(models.known()),
         )
-    errors = list(_validator().iter_errors(task))
+    model = models.get(air)
+    errors = list(_validator(air).iter_errors(task))
     if errors:
-        raise _describe(min(errors, key=_rank), task)
+        raise _describe(min(errors, key=_rank), task, model)
 
 
 def _rank(error: ValidationError) -> tuple[int, int, str]:
@@ -128,37 +117,37 @@ def _rank(error: ValidationError) -> tuple[int, int, str]:
     order = {"required": 0, "additionalProperties": 1}
     root_any_of = error.validator == "anyOf" and not error.absolute_path
     rank = 3 if root_any_of else order.get(str(error.validator), 2)
-    return (rank, len(error.absolute_path), json_path(error.absolute_path))
+    return (rank, len(error.absolute_path), format_path(error.absolute_path))
 
 
-def _describe(error: ValidationError, task: dict[str, Any]) -> TaskError:
+def _describe(error: ValidationError, task: dict[str, Any], model: Model) -> TaskError:
     path = list(error.absolute_path)
     validator = str(error.validator)
     schema = error.schema if isinstance(error.schema, dict) else {}
     instance: Any = error.instance
     rule: Any = error.validator_value
     leaf = _leaf(path)
-    where = json_path(path)
+    where = format_path(path)
     invalid = f"Invalid value for '{leaf}' parameter."
 
     if validator == "required":
         missing = next((r for r in rule if r not in instance), "?")
-        param = json_path([*path, missing])
+        param = format_path([*path, missing])
         message = f"Missing required parameter '{missing}'."
         return task_error(400, f"missing{_cap(missing)}", message, task, parameter=param)
     if validator == "additionalProperties":
         known = set(schema.get("properties", {}))
         extra = next((k for k in instance if k not in known), "?")
-        param = json_path([*path, extra])
+        param = format_path([*path, extra])
         return task_error(
             400,
             "unsupportedParameter",
-            f"Unsupported parameter '{param}': {MODEL_AIR} does not accept it.",
+            f"Unsupported parameter '{param}': {model.air} does not accept it.",
             task,
             parameter=param,
         )
     if validator == "anyOf" and not path:
-        sizes = allowed_sizes()
+        sizes = allowed_sizes(model)
         listed = ", ".join(f"{s} ({a})" for a, s in sizes.items())
         got = f"{task.get('width')}x{task.get('height')}"
         return task_error(
@@ -171,10 +160,10 @@ def _describe(error: ValidationError, task: dict[str, Any]) -> TaskError:
             allowedValues=sizes,
         )
     if validator == "anyOf":
-        return _describe_any_of(error, task)
+        return _describe_any_of(error, task, model)
     code = f"invalid{_cap(leaf)}"
     if leaf in ("width", "height") and validator in ("enum", "type"):
-        sizes = allowed_sizes()
+        sizes = allowed_sizes(model)
         values = sorted({int(s.split("x")[0 if leaf == "width" else 1]) for s in sizes.values()})
         listed = ", ".join(f"{s} ({a})" for a, s in sizes.items())
         return task_error(
@@ -249,7 +238,7 @@ def _describe(error: ValidationError, task: dict[str, Any]) -> TaskError:
     return task_error(400, code, f"{invalid} {error.message}", task, parameter=where)
 
 
-def _describe_any_of(error: ValidationError, task: dict[str, Any]) -> TaskError:
+def _describe_any_of(error: ValidationError, task: dict[str, Any], model: Model) -> TaskError:
     """An item that matches no branch (a reference image): report the branch of its own type."""
     want = "object" if isinstance(error.instance, dict) else "string"
     branches: Any = error.validator_value
@@ -261,7 +250,7 @@ def _describe_any_of(error: ValidationError, task: dict[str, Any]) -> TaskError:
         and branches[e.schema_path[0]].get("type") == want
     ]
     if branch and isinstance(error.instance, (dict, str)):
-        return _describe(min(branch, key=_rank), task)
+        return _describe(min(branch, key=_rank), task, model)
     path = list(error.absolute_path)
     leaf = _leaf(path)
     return task_error(
@@ -270,5 +259,5 @@ def _describe_any_of(error: ValidationError, task: dict[str, Any]) -> TaskError:
         f"Invalid value for '{leaf}' parameter. Each item must be an image "
         "(UUID, URL, data URI or base64) or an object {image, strength}.",
         task,
-        parameter=json_path(path),
+        parameter=format_path(path),
     )

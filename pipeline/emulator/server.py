@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from pipeline import models
 from pipeline.emulator import media
 from pipeline.emulator.faults import FAULT_KINDS, Fault, FaultInjector
 from pipeline.emulator.ledger import Ledger
@@ -119,7 +120,7 @@ def _utc_now() -> str:
 
 
 class Emulator:
-    """A Runware-compatible server for krea:krea@2-large on loopback (see the package docstring)."""
+    """A Runware-compatible server for every registered model, on loopback (see the package doc)."""
 
     def __init__(
         self,
@@ -445,6 +446,7 @@ class Emulator:
                 prompt=str(task["positivePrompt"]),
                 seed=seed,
                 creativity=creativity,
+                tag=models.get(task["model"]).card_tag,
                 refs=refs,
                 moodboards=len(settings.get("moodboards") or []),
                 fmt=str(task.get("outputFormat", "JPG")),
