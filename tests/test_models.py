@@ -12,6 +12,7 @@ import jsonschema
 import pandas as pd
 import pytest
 import requests
+import yaml
 from conftest import cli_env, run_cli
 from PIL import Image
 from runs import read_manifest, run_sweep_inprocess
@@ -95,7 +96,7 @@ def test_an_unknown_model_is_one_line_listing_the_known_ones() -> None:
 
 
 def test_an_air_registered_twice_is_refused() -> None:
-    twin = Model(air=LARGE, name="twin", docs_url="", schema_file="x.json", sources={"air": "-"})
+    twin = Model(air=LARGE, name="twin", slug="twin", sources={"air": "-"})
     with pytest.raises(ValueError, match="registered twice"):
         models.register(twin)
     assert models.get(LARGE).name == "Krea 2 Large"
@@ -246,21 +247,16 @@ def test_the_emulator_serves_each_model_at_its_own_price(emulator: Emulator) -> 
 # ---------------------------------------------------------------------------- model as an axis
 
 
-UNKNOWN_IN_GRID = """\
-name: unknown_model
-base:
-  model: krea:krea@2-large
-  positivePrompt: a lighthouse
-  width: 1024
-  height: 1024
-grid:
-  model: [krea:krea@2-large, krea:krea@2-small]
-seeds: [1]
-"""
+UNKNOWN_IN_GRID = {
+    "name": "unknown_model",
+    "base": _request(LARGE),
+    "grid": {"model": [LARGE, "krea:krea@2-small"]},
+    "seeds": [1],
+}
 
 
 def test_an_unknown_model_on_the_axis_is_one_line_and_sends_nothing(isolated: Path) -> None:
-    (isolated / "unknown.yaml").write_text(UNKNOWN_IN_GRID)
+    (isolated / "unknown.yaml").write_text(yaml.safe_dump(UNKNOWN_IN_GRID))
     with ScriptedServer() as srv:
         proc = run_cli(
             "run",

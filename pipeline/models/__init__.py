@@ -1,10 +1,11 @@
 """The model registry: one entry per model AIR, owning everything krea-sweep knows of that model.
 
-An entry (`Model`) holds the model's facts (AIR, display name, docs URL, where each fact comes
-from, which constraints are unconfirmed), its request schema (`schemas/<schema_file>`), its price
-rule (which tier of the price table applies to a request), its extra manifest columns and how the
-emulator paints it. Each model module has a `register_models(register)` hook, the shape of
-simonw/llm's plugin hook; `BUILTIN` lists the modules whose hooks run at import.
+An entry (`Model`) holds the model's facts (AIR, display name, slug — hence its docs URL —, the
+source of each fact, the constraints that are unconfirmed), its request schema
+(`schemas/<slug>.request.json`), its price rule (which tier of the price table applies to a
+request), its extra manifest columns and how the emulator paints it. Each model module has a
+`register_models(register)` hook, the shape of simonw/llm's plugin hook; `BUILTIN` lists the
+modules whose hooks run at import.
 
 Adding a model: one module here (with its `register_models`), one schema file in `schemas/` and
 one entry under `models:` in `conf/pricing/runware.yaml`.
@@ -60,8 +61,7 @@ class Model:
 
     air: str  # Runware's model AIR, the `model` field of a request
     name: str  # display name, e.g. "Krea 2 Large"
-    docs_url: str  # the model's page in Runware's docs
-    schema_file: str  # its request schema, a file in schemas/
+    slug: str  # Runware's slug: names its docs page and krea-sweep's schema file
     sources: Mapping[str, str]  # fact → where it comes from
     unconfirmed: Mapping[str, str] = field(default_factory=dict)  # constraint → why unconfirmed
     columns: tuple[Column, ...] = ()  # extra manifest columns (request fields shown on their own)
@@ -69,9 +69,14 @@ class Model:
     card_tag: str = ""  # the emulator's label on each test card
 
     @property
+    def docs_url(self) -> str:
+        """The model's page in Runware's docs."""
+        return f"https://runware.ai/docs/models/{self.slug}"
+
+    @property
     def schema_path(self) -> Path:
-        """The request schema's file."""
-        return SCHEMA_DIR / self.schema_file
+        """The request schema's file: `schemas/<slug>.request.json`."""
+        return SCHEMA_DIR / f"{self.slug}.request.json"
 
     def request_schema(self) -> dict[str, Any]:
         """The JSON Schema of one imageInference request of this model (loaded once)."""

@@ -10,11 +10,10 @@ _PROTOCOL = "shared/reference/runware-protocol.md"
 _SPEC = "shared/spec/krea-2-large-api-spec.txt"
 _SDK = "Runware Python SDK 1.8.0, runware/types/task_map.py `Krea2LargeParams`"
 
-MODEL = Model(
+MODEL: Model = Model(
     air="krea:krea@2-large",
     name="Krea 2 Large",
-    docs_url="https://runware.ai/docs/models/krea-2-large",
-    schema_file="krea-2-large.request.json",
+    slug="krea-2-large",  # names its Runware docs page and its schema file
     sources={
         "air": f"{_PROTOCOL} §5 ([K2L] schema.json `x-air-id`)",
         "request fields": f"{_SDK}; {_SPEC}",

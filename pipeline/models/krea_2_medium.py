@@ -2,25 +2,27 @@
 
 Runware's SDK lists the same request fields for Medium as for Large, and Runware's Medium page
 shows the same 8 sizes and 4 creativity values; every other constraint is not published for
-Medium and is taken from Large (listed in `unconfirmed`).
+Medium and is taken from Large (listed in `unconfirmed`). The entry is Large's with its own
+facts: the same manifest columns and price tiers (at Medium's prices in the table).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
-from pipeline.models import Column, Model
+from pipeline.models import Model, krea_2_large
 
 _PROTOCOL = "shared/reference/runware-protocol.md"
 _SDK = "Runware Python SDK 1.8.0, runware/types/task_map.py `Krea2MediumParams`"
 _K2M = "runware.ai/docs/models/krea-2-medium ([K2M])"
 _FROM_LARGE = "not published for Medium: Krea 2 Large's (shared/spec/krea-2-large-api-spec.txt)"
 
-MODEL = Model(
+MODEL: Model = replace(
+    krea_2_large.MODEL,
     air="krea:krea@2-medium",
     name="Krea 2 Medium",
-    docs_url="https://runware.ai/docs/models/krea-2-medium",
-    schema_file="krea-2-medium.request.json",
+    slug="krea-2-medium",  # names its Runware docs page and its schema file
     sources={
         "air": f"{_SDK} (`model: Literal['krea:krea@2-medium']`)",
         "request fields (the same as Large's)": _SDK,
@@ -36,7 +38,6 @@ MODEL = Model(
         "seed 0..2**63-1": _FROM_LARGE,
         "Runware's own price (Krea's are used)": "no Runware pricing metadata for Medium seen",
     },
-    columns=(Column("settings.creativity", "string", "Creativity"),),
     card_tag="KREA 2 MEDIUM · RUNWARE EMULATOR",
 )
 
