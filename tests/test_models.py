@@ -318,3 +318,22 @@ def test_a_large_by_medium_sweep_plans_runs_and_reports_by_model(isolated: Path)
     by_model = pd.read_csv(run_dir / "report" / "by_model.csv")
     assert by_model["model"].tolist() == [LARGE, MEDIUM]
     assert by_model["cells"].tolist() == [4, 4]
+
+
+def test_krea_reproduce_reissues_the_medium_cells_of_a_mixed_run(isolated: Path) -> None:
+    run_dir = isolated / "run"
+    assert run_sweep_inprocess(isolated, _large_vs_medium(isolated), run_dir) == 0
+    proc = run_cli(
+        "reproduce",
+        f"run_dir={run_dir}",
+        f"select=\"model == '{MEDIUM}'\"",
+        "runner.progress=none",
+        f"hydra.run.dir={isolated / 'again'}",
+        cwd=isolated,
+        env=cli_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "4 identical, 0 different, 0 failed" in proc.stdout
+    again = pd.read_csv(isolated / "again" / "reproduce.csv")
+    medium = read_manifest(run_dir).query(f"model == '{MEDIUM}'")
+    assert sorted(again["cell_id"]) == sorted(medium["cell_id"])
