@@ -24,6 +24,10 @@ from PIL import Image
 from pipeline import manifest, report
 from pipeline.errors import ConfigError
 from pipeline.journal import Journal
+from pipeline.reporting.options import output_dir, parse_options, parse_run_dirs
+from pipeline.reporting.page import html_page
+from pipeline.reporting.tables import SIZE, Table, make_tables, write_tables
+from pipeline.reporting.text import format_tables
 
 AXES = ["vars.style", "settings.creativity"]
 STYLES = ["film grain", "motion blur"]
@@ -196,9 +200,9 @@ def cents(value: Any) -> float:
     return round(round(float(value), 9), 2)
 
 
-def tables_of(data: report.ReportData) -> dict[str, report.Table]:
+def tables_of(data: report.ReportData) -> dict[str, Table]:
     """The report's tables by name."""
-    return {t.name: t for t in report.make_tables(data)}
+    return {t.name: t for t in make_tables(data)}
 
 
 def request_latency(df: pd.DataFrame) -> pd.Series[Any]:
@@ -427,7 +431,7 @@ def test_unswept_creativity_refs_and_size_get_tables(tmp_path: Path) -> None:
         "by_width_height",
     } <= set(t)
     size = t["by_width_height"].frame
-    assert list(size[report.SIZE]) == ["64×48", "48×64"] and list(size["images"]) == [1, 2]
+    assert list(size[SIZE]) == ["64×48", "48×64"] and list(size["images"]) == [1, 2]
 
 
 def test_billed_vs_estimated_by_status(tmp_path: Path) -> None:
@@ -473,7 +477,7 @@ def test_empty_run_still_reports(tmp_path: Path) -> None:
     t = tables_of(data)
     assert t["totals"].frame["cells"][0] == 0
     assert len(t["failures"].frame) == 0
-    page = report.html_page(data, list(t.values()), [], [], generated="now")
+    page = html_page(data, list(t.values()), [], [], generated="now")
     assert "<table>" in page
 
 
@@ -483,8 +487,8 @@ def test_empty_run_still_reports(tmp_path: Path) -> None:
 def test_csv_files_hold_the_tables(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     data = report.load([run])
-    tables = report.make_tables(data)
-    paths = report.write_tables(tables, tmp_path / "out")
+    tables = make_tables(data)
+    paths = write_tables(tables, tmp_path / "out")
     assert {p.name for p in paths} == {
         "totals.csv",
         "billed_vs_estimated.csv",
@@ -503,7 +507,7 @@ def test_csv_files_hold_the_tables(tmp_path: Path) -> None:
 
 def test_terminal_text_is_compact(tmp_path: Path) -> None:
     data = report.load([make_run(tmp_path / "run")])
-    text = report.format_tables(report.make_tables(data), data, max_rows=1)
+    text = format_tables(make_tables(data), data, max_rows=1)
     assert "billed" in text and "$" in text and "fail rate" in text
     assert "… 1 more rows in by_vars.style.csv" in text
     assert "failures by error code" in text and "timeout" in text
@@ -571,11 +575,9 @@ def test_report_job_writes_only_the_report_dir(tmp_path: Path, capsys: Any) -> N
 def test_out_dir_and_compare_default(tmp_path: Path) -> None:
     now = datetime(2025, 2, 3, 4, 5, 6)
     a, b = Path("a"), Path("b")
-    assert report.output_dir([a], None, now) == Path("a/report")
-    assert report.output_dir([a, b], None, now) == Path(
-        "outputs/reports/compare-2025-02-03_04-05-06"
-    )
-    assert report.output_dir([a, b], Path("x"), now) == Path("x")
+    assert output_dir([a], None, now) == Path("a/report")
+    assert output_dir([a, b], None, now) == Path("outputs/reports/compare-2025-02-03_04-05-06")
+    assert output_dir([a, b], Path("x"), now) == Path("x")
 
 
 @pytest.mark.parametrize(
@@ -591,12 +593,12 @@ def test_out_dir_and_compare_default(tmp_path: Path) -> None:
 )
 def test_bad_options(section: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        report.parse_options(section)
+        parse_options(section)
 
 
 def test_config_composes_and_every_key_is_documented() -> None:
     cfg = compose_config("report", ["run_dir=x"])
-    options = report.parse_options(cfg["report"])
+    options = parse_options(cfg["report"])
     assert options.thumb_px == 256 and options.out_dir is None
     text = (CONF / "report.yaml").read_text()
     for line in text.splitlines():
@@ -605,11 +607,11 @@ def test_config_composes_and_every_key_is_documented() -> None:
 
 
 def test_run_dir_values() -> None:
-    assert report.parse_run_dirs("a") == [Path("a")]
-    assert report.parse_run_dirs(["a", "b"]) == [Path("a"), Path("b")]
+    assert parse_run_dirs("a") == [Path("a")]
+    assert parse_run_dirs(["a", "b"]) == [Path("a"), Path("b")]
     for bad in ([], 3, [""], None):
         with pytest.raises(ConfigError):
-            report.parse_run_dirs(bad)
+            parse_run_dirs(bad)
 
 
 # --- the console script ------------------------------------------------------------------------
