@@ -24,9 +24,9 @@ from PIL import Image
 from pipeline import manifest, report
 from pipeline.errors import ConfigError
 from pipeline.journal import Journal
-from pipeline.reporting.options import output_dir, parse_options, parse_run_dirs
+from pipeline.reporting.options import ReportOptions, output_dir, parse_options, parse_run_dirs
 from pipeline.reporting.page import html_page
-from pipeline.reporting.tables import SIZE, Table, make_tables, write_tables
+from pipeline.reporting.tables import SIZE, Table, make_tables, table_keys, write_tables
 from pipeline.reporting.text import format_tables
 
 AXES = ["vars.style", "settings.creativity"]
@@ -434,6 +434,52 @@ def test_unswept_creativity_refs_and_size_get_tables(tmp_path: Path) -> None:
     assert list(size[SIZE]) == ["64×48", "48×64"] and list(size["images"]) == [1, 2]
 
 
+LARGE, MEDIUM = "krea:krea@2-large", "krea:krea@2-medium"
+
+
+def two_model_rows() -> list[dict[str, Any]]:
+    """Large: 2 ok cells at $0.065, 1 s; Medium: 2 ok at $0.03, 3 s, and one failed cell."""
+    rows = [make_row(i, axes={"vars.style": s}, latency=1.0) for i, s in enumerate(STYLES)]
+    for i, style in enumerate(STYLES, 2):
+        row = make_row(i, axes={"vars.style": style}, cost=0.03, estimate=0.03, latency=3.0)
+        rows.append({**row, "model": MEDIUM})
+    failed = make_row(4, status="failed", axes={"vars.style": STYLES[0]}, estimate=0.03)
+    rows.append({**failed, "model": MEDIUM, "latency_s": 5.0})
+    return rows
+
+
+def test_two_models_are_compared_by_model(tmp_path: Path) -> None:
+    """Not swept (the model column only): cost, failures and latency per model, first table."""
+    data = report.load([make_run(tmp_path / "run", two_model_rows(), ["vars.style"])])
+    assert "model" not in data.axes
+    tables = make_tables(data)
+    assert [t.name for t in tables][:4] == [
+        "totals",
+        "billed_vs_estimated",
+        "by_model",
+        "by_vars.style",
+    ]
+    by_model = tables[2].frame.set_index("model")
+    assert list(by_model.index) == [LARGE, MEDIUM]
+    assert list(by_model["cells"]) == [2, 3]
+    assert list(by_model["images"]) == [2, 2] and list(by_model["failed"]) == [0, 1]
+    assert list(by_model["failure_rate"]) == [0.0, pytest.approx(1 / 3)]
+    assert [cents(v) for v in by_model["billed_usd"]] == [0.13, 0.06]
+    assert [cents(v) for v in by_model["estimated_usd"]] == [0.13, 0.09]
+    assert list(by_model["usd_per_image"]) == [pytest.approx(0.065), pytest.approx(0.03)]
+    assert list(by_model["latency_p50_s"]) == [1.0, 3.0]
+    assert list(by_model["latency_p95_s"]) == [1.0, pytest.approx(4.8)]
+    text = format_tables(tables, data)
+    assert "\nby model\n" in text and MEDIUM in text
+
+
+def test_one_model_or_a_swept_model_gets_one_model_table(tmp_path: Path) -> None:
+    assert "model" not in table_keys(manifest.read(make_run(tmp_path / "one")), AXES)
+    frame = pd.DataFrame({"model": [LARGE, MEDIUM], "vars.style": STYLES})
+    assert table_keys(frame, ["vars.style", "model"]) == ["vars.style", "model"]
+    assert table_keys(frame, ["vars.style"]) == ["model", "vars.style"]
+
+
 def test_billed_vs_estimated_by_status(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     df = manifest.read(run)
@@ -604,6 +650,14 @@ def test_config_composes_and_every_key_is_documented() -> None:
     for line in text.splitlines():
         if re.match(r"\s*[\w.]+:\s*\S", line) and not line.strip().startswith("-"):
             assert " # " in line, f"undocumented key: {line}"
+
+
+def test_defaults_are_the_typed_configs() -> None:
+    """An absent key, the composed report.yaml and ReportOptions() agree: one set of defaults."""
+    composed = parse_options(compose_config("report", ["run_dir=x"])["report"])
+    assert parse_options({}) == composed == ReportOptions()
+    with pytest.raises(ConfigError, match="max_sheet_px must be an integer ≥ 256"):
+        parse_options({"max_sheet_px": 255})
 
 
 def test_run_dir_values() -> None:
