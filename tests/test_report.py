@@ -28,6 +28,7 @@ from pipeline.reporting.options import ReportOptions, output_dir, parse_options,
 from pipeline.reporting.page import html_page
 from pipeline.reporting.tables import SIZE, Table, make_tables, table_keys, write_tables
 from pipeline.reporting.text import format_tables
+from pipeline.sheets import RUN
 
 AXES = ["vars.style", "settings.creativity"]
 STYLES = ["film grain", "motion blur"]
@@ -322,14 +323,14 @@ def test_compare_runs_adds_a_run_column(tmp_path: Path) -> None:
     b = make_run(tmp_path / "y" / "same", rows_b)
     data = report.load([a, b])
     assert data.compare and data.runs == ["x/same", "y/same"]
-    assert list(dict.fromkeys(data.frame[report.RUN])) == data.runs
+    assert list(dict.fromkeys(data.frame[RUN])) == data.runs
     t = tables_of(data)
     totals = t["totals"].frame
-    assert list(totals[report.RUN]) == data.runs
+    assert list(totals[RUN]) == data.runs
     assert cents(totals["billed_usd"][1]) == 0.12
     by_style = t["by_vars.style"].frame
-    assert list(by_style.columns[:2]) == [report.RUN, "vars.style"]
-    assert list(zip(by_style[report.RUN], by_style["vars.style"], strict=True)) == [
+    assert list(by_style.columns[:2]) == [RUN, "vars.style"]
+    assert list(zip(by_style[RUN], by_style["vars.style"], strict=True)) == [
         ("x/same", "film grain"),
         ("x/same", "motion blur"),
         ("y/same", "film grain"),
@@ -337,14 +338,14 @@ def test_compare_runs_adds_a_run_column(tmp_path: Path) -> None:
     ]
     assert list(by_style["images"])[2:] == [1, 1]
     bve = t["billed_vs_estimated"].frame
-    assert set(bve[report.RUN]) == set(data.runs)
+    assert set(bve[RUN]) == set(data.runs)
 
 
 def test_compare_keeps_a_run_with_no_rows(tmp_path: Path) -> None:
     a = make_run(tmp_path / "a")
     b = make_run(tmp_path / "b", [], manifest_file=False)  # crashed before any result
     totals = tables_of(report.load([a, b]))["totals"].frame
-    assert list(totals[report.RUN]) == ["a", "b"]
+    assert list(totals[RUN]) == ["a", "b"]
     assert list(totals["cells"]) == [6, 0] and totals["billed_usd"][1] == 0.0
 
 
