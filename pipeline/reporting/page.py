@@ -20,6 +20,7 @@ from pipeline.reporting.text import (
     display_frame,
     format_value,
     is_numeric_column,
+    load_notes,
     money,
     transpose_totals,
 )
@@ -221,13 +222,11 @@ def html_page(
     by_axis = [t for t in tables if t.key is not None]
     named = {t.name: t for t in tables}
     title = "krea-report · " + ", ".join(data.runs)
-    meta = [f"runs: {', '.join(str(p) for p in data.paths)}", f"generated {generated}"]
-    if data.shards > len(data.paths):
-        meta.append(f"{data.shards} shards merged")
-    if data.dropped:
-        meta.append(f"{data.dropped} duplicate rows dropped")
-    if data.rebuilt:
-        meta.append(f"{data.rebuilt} run dir(s) rebuilt from the journal (unfinished run)")
+    meta = [
+        f"runs: {', '.join(str(p) for p in data.paths)}",
+        f"generated {generated}",
+        *load_notes(data, "run dir(s) rebuilt"),
+    ]
     meta.append("swept axes: " + (", ".join(data.axes) or "none"))
     csv_links = " ".join(f'<a href="{_esc(t.name)}.csv">{_esc(t.name)}.csv</a>' for t in tables)
     parts = [

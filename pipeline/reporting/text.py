@@ -152,15 +152,21 @@ def format_tables(tables: Sequence[Table], data: ReportData, max_rows: int = 20)
     return "\n\n".join(blocks)
 
 
+def load_notes(data: ReportData, rebuilt: str = "rebuilt") -> list[str]:
+    """What reading the runs did: shards merged, duplicate rows dropped, manifests rebuilt."""
+    notes = []
+    if data.shards > len(data.paths):
+        notes.append(f"{data.shards} shards merged")
+    if data.dropped:
+        notes.append(f"{data.dropped} duplicate rows dropped")
+    if data.rebuilt:
+        notes.append(f"{data.rebuilt} {rebuilt} from the journal (unfinished run)")
+    return notes
+
+
 def describe(data: ReportData) -> str:
     """One line naming what was read."""
-    parts = [f"{len(data.frame):,} rows"]
-    if data.shards > len(data.paths):
-        parts.append(f"{data.shards} shards merged")
-    if data.dropped:
-        parts.append(f"{data.dropped} duplicate rows dropped")
-    if data.rebuilt:
-        parts.append(f"{data.rebuilt} rebuilt from the journal (unfinished run)")
+    parts = [f"{len(data.frame):,} rows", *load_notes(data)]
     parts.append("axes: " + (", ".join(data.axes) or "none"))
     names = ", ".join(str(p) for p in data.paths)
     return f"krea-report  {names}  ({'; '.join(parts)})"
