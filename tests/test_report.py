@@ -25,7 +25,7 @@ from pipeline import manifest, report
 from pipeline.errors import ConfigError
 from pipeline.journal import Journal
 from pipeline.reporting.options import ReportOptions, output_dir, parse_options, parse_run_dirs
-from pipeline.reporting.page import html_page
+from pipeline.reporting.page import html_page, plots
 from pipeline.reporting.tables import SIZE, Table, make_tables, table_keys, write_tables
 from pipeline.reporting.text import format_tables
 from pipeline.sheets import RUN
@@ -472,6 +472,8 @@ def test_two_models_are_compared_by_model(tmp_path: Path) -> None:
     assert list(by_model["latency_p95_s"]) == [1.0, pytest.approx(4.8)]
     text = format_tables(tables, data)
     assert "\nby model\n" in text and MEDIUM in text
+    page = html_page(data, tables, [], plots(data, tables), generated="now")
+    assert "<h3>by model</h3>" in page and "billed cost by model" in page
 
 
 def test_one_model_or_a_swept_model_gets_one_model_table(tmp_path: Path) -> None:
