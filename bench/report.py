@@ -14,6 +14,8 @@ import pandas as pd
 
 from bench.common import emit, peak_rss_mb
 from pipeline import manifest, report
+from pipeline.reporting.tables import make_tables, write_tables
+from pipeline.reporting.text import format_tables
 
 AXES = [
     "vars.style",
@@ -113,10 +115,10 @@ def main() -> None:
         start = time.perf_counter()
         data = report.load([run_dir])
         loaded = time.perf_counter()
-        tables = report.make_tables(data)
-        text = report.format_tables(tables, data)
+        tables = make_tables(data)
+        text = format_tables(tables, data)
         computed = time.perf_counter()
-        report.write_tables(tables, run_dir / "report")
+        write_tables(tables, run_dir / "report")
         done = time.perf_counter()
         totals = tables[0].frame.iloc[0]
         expected = float(frame["cost_usd"].sum())

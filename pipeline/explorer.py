@@ -51,8 +51,8 @@ MAX_FACET_VALUES = 12  # a default facet axis has at most this many values
 class ExplorerOptions:
     """How the explorer's files are made."""
 
-    thumb_px: int = 320  # longest side of a thumbnail file
-    workers: int = 0  # threads making thumbnails (0: one per CPU)
+    thumb_px: int  # longest side of a thumbnail file (`report.explorer_thumb_px`)
+    workers: int  # threads making thumbnails (0: one per CPU; `report.thumb_workers`)
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,7 @@ def default_view(
     seeds = SEED in frame.columns and frame[SEED].nunique(dropna=False) > 1
     x = y = facet = None
     if len(varying) >= 2 or rows or cols:
-        options = sheets.SheetOptions(rows=rows, cols=cols)
-        y, x, facets = sheets.choose_axes(frame, swept, options)
+        y, x, facets = sheets.choose_axes(frame, swept, rows, cols)
         live = [f for f in facets if f in varying]
         if live and frame[live[0]].nunique(dropna=False) <= MAX_FACET_VALUES:
             facet = live[0]

@@ -203,14 +203,14 @@ class SheetLayout:
         return [t for t in self.texts if t.role == role]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SheetOptions:
-    """How sheets are cut and sized."""
+    """How sheets are cut and sized (`thumb_px`: the caller's, from `report.thumb_px`)."""
 
     rows: str | None = None
     cols: str | None = None
     query: str | None = None
-    thumb_px: int = 256
+    thumb_px: int
     min_thumb_px: int = 96
     max_px: int = 4096
     max_sheets: int = 60
@@ -322,19 +322,23 @@ def apply_filter(frame: pd.DataFrame, query: str | None) -> pd.DataFrame:
 
 
 def choose_axes(
-    frame: pd.DataFrame, axes: Sequence[str], options: SheetOptions
+    frame: pd.DataFrame,
+    axes: Sequence[str],
+    rows_axis: str | None = None,
+    cols_axis: str | None = None,
+    compare: bool = False,
 ) -> tuple[str | None, str | None, list[str]]:
     """(rows axis, columns axis, facet axes): defaults are the first two axes that vary."""
     present = [a for a in axes if a in frame.columns]
     usable = {c for c in frame.columns if not str(c).startswith("_")}
-    for key, name in (("report.rows", options.rows), ("report.cols", options.cols)):
+    for key, name in (("report.rows", rows_axis), ("report.cols", cols_axis)):
         if name is not None and name not in usable:
             known = ", ".join(present) or "none"
             raise ConfigError(f"{key}={name!r} is not a manifest column (swept axes: {known})")
-    if options.rows is not None and options.rows == options.cols:
-        raise ConfigError(f"report.rows and report.cols are both {options.rows!r}")
+    if rows_axis is not None and rows_axis == cols_axis:
+        raise ConfigError(f"report.rows and report.cols are both {rows_axis!r}")
     varying = [a for a in present if frame[a].nunique(dropna=False) > 1] or present
-    rows, cols = options.rows, options.cols
+    rows, cols = rows_axis, cols_axis
     if rows is None and cols is None:
         if len(varying) >= 2:
             rows, cols = varying[0], varying[1]
@@ -345,13 +349,13 @@ def choose_axes(
     elif cols is None:
         cols = next((a for a in varying if a != rows), None)
     facets = [a for a in present if a not in (rows, cols)]
-    if options.rows is None and options.cols is None and sparse(frame, rows, cols, facets):
+    if rows_axis is None and cols_axis is None and sparse(frame, rows, cols, facets):
         # a sampled sweep: one-image facets help nobody; the two axes with the fewest values go
         # on rows and columns and the others are shown together in each cell
         few = sorted(varying, key=lambda a: (frame[a].nunique(dropna=False), varying.index(a)))
         rows, cols = few[0], few[1]
         facets = []
-    if options.compare and RUN not in (rows, cols):
+    if compare and RUN not in (rows, cols):
         facets.insert(0, RUN)
     return rows, cols, facets
 
@@ -431,7 +435,9 @@ def plan_sheets(frame: pd.DataFrame, axes: Sequence[str], options: SheetOptions)
     """One sheet spec per facet (every present combination of the axes not on rows/columns)."""
     if not len(frame):
         return []
-    rows_axis, cols_axis, facets = choose_axes(frame, axes, options)  # before the filter
+    rows_axis, cols_axis, facets = choose_axes(  # before the filter
+        frame, axes, options.rows, options.cols, options.compare
+    )
     frame = apply_filter(frame, options.query)
     if not len(frame):
         return []

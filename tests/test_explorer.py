@@ -13,6 +13,7 @@ from test_report import AXES, make_row, make_run, sample_rows, write_plan
 
 from pipeline import explorer, report
 from pipeline.errors import ConfigError
+from pipeline.reporting.options import parse_options
 
 
 def data_of(out: Path) -> dict[str, Any]:
@@ -206,7 +207,7 @@ def test_page_loads_only_files_of_the_report_folder(tmp_path: Path) -> None:
 )
 def test_bad_explorer_options(section: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        report.parse_options(section)
+        parse_options(section)
 
 
 def test_full_images_are_linked_and_a_stale_link_is_replaced(tmp_path: Path) -> None:

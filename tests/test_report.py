@@ -24,6 +24,11 @@ from PIL import Image
 from pipeline import manifest, report
 from pipeline.errors import ConfigError
 from pipeline.journal import Journal
+from pipeline.reporting.options import ReportOptions, output_dir, parse_options, parse_run_dirs
+from pipeline.reporting.page import html_page, plots
+from pipeline.reporting.tables import SIZE, Table, make_tables, table_keys, write_tables
+from pipeline.reporting.text import format_tables
+from pipeline.sheets import RUN
 
 AXES = ["vars.style", "settings.creativity"]
 STYLES = ["film grain", "motion blur"]
@@ -196,9 +201,9 @@ def cents(value: Any) -> float:
     return round(round(float(value), 9), 2)
 
 
-def tables_of(data: report.ReportData) -> dict[str, report.Table]:
+def tables_of(data: report.ReportData) -> dict[str, Table]:
     """The report's tables by name."""
-    return {t.name: t for t in report.make_tables(data)}
+    return {t.name: t for t in make_tables(data)}
 
 
 def request_latency(df: pd.DataFrame) -> pd.Series[Any]:
@@ -318,14 +323,14 @@ def test_compare_runs_adds_a_run_column(tmp_path: Path) -> None:
     b = make_run(tmp_path / "y" / "same", rows_b)
     data = report.load([a, b])
     assert data.compare and data.runs == ["x/same", "y/same"]
-    assert list(dict.fromkeys(data.frame[report.RUN])) == data.runs
+    assert list(dict.fromkeys(data.frame[RUN])) == data.runs
     t = tables_of(data)
     totals = t["totals"].frame
-    assert list(totals[report.RUN]) == data.runs
+    assert list(totals[RUN]) == data.runs
     assert cents(totals["billed_usd"][1]) == 0.12
     by_style = t["by_vars.style"].frame
-    assert list(by_style.columns[:2]) == [report.RUN, "vars.style"]
-    assert list(zip(by_style[report.RUN], by_style["vars.style"], strict=True)) == [
+    assert list(by_style.columns[:2]) == [RUN, "vars.style"]
+    assert list(zip(by_style[RUN], by_style["vars.style"], strict=True)) == [
         ("x/same", "film grain"),
         ("x/same", "motion blur"),
         ("y/same", "film grain"),
@@ -333,14 +338,14 @@ def test_compare_runs_adds_a_run_column(tmp_path: Path) -> None:
     ]
     assert list(by_style["images"])[2:] == [1, 1]
     bve = t["billed_vs_estimated"].frame
-    assert set(bve[report.RUN]) == set(data.runs)
+    assert set(bve[RUN]) == set(data.runs)
 
 
 def test_compare_keeps_a_run_with_no_rows(tmp_path: Path) -> None:
     a = make_run(tmp_path / "a")
     b = make_run(tmp_path / "b", [], manifest_file=False)  # crashed before any result
     totals = tables_of(report.load([a, b]))["totals"].frame
-    assert list(totals[report.RUN]) == ["a", "b"]
+    assert list(totals[RUN]) == ["a", "b"]
     assert list(totals["cells"]) == [6, 0] and totals["billed_usd"][1] == 0.0
 
 
@@ -427,7 +432,55 @@ def test_unswept_creativity_refs_and_size_get_tables(tmp_path: Path) -> None:
         "by_width_height",
     } <= set(t)
     size = t["by_width_height"].frame
-    assert list(size[report.SIZE]) == ["64×48", "48×64"] and list(size["images"]) == [1, 2]
+    assert list(size[SIZE]) == ["64×48", "48×64"] and list(size["images"]) == [1, 2]
+
+
+LARGE, MEDIUM = "krea:krea@2-large", "krea:krea@2-medium"
+
+
+def two_model_rows() -> list[dict[str, Any]]:
+    """Large: 2 ok cells at $0.065, 1 s; Medium: 2 ok at $0.03, 3 s, and one failed cell."""
+    rows = [make_row(i, axes={"vars.style": s}, latency=1.0) for i, s in enumerate(STYLES)]
+    for i, style in enumerate(STYLES, 2):
+        row = make_row(i, axes={"vars.style": style}, cost=0.03, estimate=0.03, latency=3.0)
+        rows.append({**row, "model": MEDIUM})
+    failed = make_row(4, status="failed", axes={"vars.style": STYLES[0]}, estimate=0.03)
+    rows.append({**failed, "model": MEDIUM, "latency_s": 5.0})
+    return rows
+
+
+def test_two_models_are_compared_by_model(tmp_path: Path) -> None:
+    """Not swept (the model column only): cost, failures and latency per model, first table."""
+    data = report.load([make_run(tmp_path / "run", two_model_rows(), ["vars.style"])])
+    assert "model" not in data.axes
+    tables = make_tables(data)
+    assert [t.name for t in tables][:4] == [
+        "totals",
+        "billed_vs_estimated",
+        "by_model",
+        "by_vars.style",
+    ]
+    by_model = tables[2].frame.set_index("model")
+    assert list(by_model.index) == [LARGE, MEDIUM]
+    assert list(by_model["cells"]) == [2, 3]
+    assert list(by_model["images"]) == [2, 2] and list(by_model["failed"]) == [0, 1]
+    assert list(by_model["failure_rate"]) == [0.0, pytest.approx(1 / 3)]
+    assert [cents(v) for v in by_model["billed_usd"]] == [0.13, 0.06]
+    assert [cents(v) for v in by_model["estimated_usd"]] == [0.13, 0.09]
+    assert list(by_model["usd_per_image"]) == [pytest.approx(0.065), pytest.approx(0.03)]
+    assert list(by_model["latency_p50_s"]) == [1.0, 3.0]
+    assert list(by_model["latency_p95_s"]) == [1.0, pytest.approx(4.8)]
+    text = format_tables(tables, data)
+    assert "\nby model\n" in text and MEDIUM in text
+    page = html_page(data, tables, [], plots(data, tables), generated="now")
+    assert "<h3>by model</h3>" in page and "billed cost by model" in page
+
+
+def test_one_model_or_a_swept_model_gets_one_model_table(tmp_path: Path) -> None:
+    assert "model" not in table_keys(manifest.read(make_run(tmp_path / "one")), AXES)
+    frame = pd.DataFrame({"model": [LARGE, MEDIUM], "vars.style": STYLES})
+    assert table_keys(frame, ["vars.style", "model"]) == ["vars.style", "model"]
+    assert table_keys(frame, ["vars.style"]) == ["model", "vars.style"]
 
 
 def test_billed_vs_estimated_by_status(tmp_path: Path) -> None:
@@ -473,7 +526,7 @@ def test_empty_run_still_reports(tmp_path: Path) -> None:
     t = tables_of(data)
     assert t["totals"].frame["cells"][0] == 0
     assert len(t["failures"].frame) == 0
-    page = report.html_page(data, list(t.values()), [], [], generated="now")
+    page = html_page(data, list(t.values()), [], [], generated="now")
     assert "<table>" in page
 
 
@@ -483,8 +536,8 @@ def test_empty_run_still_reports(tmp_path: Path) -> None:
 def test_csv_files_hold_the_tables(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     data = report.load([run])
-    tables = report.make_tables(data)
-    paths = report.write_tables(tables, tmp_path / "out")
+    tables = make_tables(data)
+    paths = write_tables(tables, tmp_path / "out")
     assert {p.name for p in paths} == {
         "totals.csv",
         "billed_vs_estimated.csv",
@@ -503,7 +556,7 @@ def test_csv_files_hold_the_tables(tmp_path: Path) -> None:
 
 def test_terminal_text_is_compact(tmp_path: Path) -> None:
     data = report.load([make_run(tmp_path / "run")])
-    text = report.format_tables(report.make_tables(data), data, max_rows=1)
+    text = format_tables(make_tables(data), data, max_rows=1)
     assert "billed" in text and "$" in text and "fail rate" in text
     assert "… 1 more rows in by_vars.style.csv" in text
     assert "failures by error code" in text and "timeout" in text
@@ -571,11 +624,9 @@ def test_report_job_writes_only_the_report_dir(tmp_path: Path, capsys: Any) -> N
 def test_out_dir_and_compare_default(tmp_path: Path) -> None:
     now = datetime(2025, 2, 3, 4, 5, 6)
     a, b = Path("a"), Path("b")
-    assert report.output_dir([a], None, now) == Path("a/report")
-    assert report.output_dir([a, b], None, now) == Path(
-        "outputs/reports/compare-2025-02-03_04-05-06"
-    )
-    assert report.output_dir([a, b], Path("x"), now) == Path("x")
+    assert output_dir([a], None, now) == Path("a/report")
+    assert output_dir([a, b], None, now) == Path("outputs/reports/compare-2025-02-03_04-05-06")
+    assert output_dir([a, b], Path("x"), now) == Path("x")
 
 
 @pytest.mark.parametrize(
@@ -591,12 +642,12 @@ def test_out_dir_and_compare_default(tmp_path: Path) -> None:
 )
 def test_bad_options(section: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        report.parse_options(section)
+        parse_options(section)
 
 
 def test_config_composes_and_every_key_is_documented() -> None:
     cfg = compose_config("report", ["run_dir=x"])
-    options = report.parse_options(cfg["report"])
+    options = parse_options(cfg["report"])
     assert options.thumb_px == 256 and options.out_dir is None
     text = (CONF / "report.yaml").read_text()
     for line in text.splitlines():
@@ -604,12 +655,20 @@ def test_config_composes_and_every_key_is_documented() -> None:
             assert " # " in line, f"undocumented key: {line}"
 
 
+def test_defaults_are_the_typed_configs() -> None:
+    """An absent key, the composed report.yaml and ReportOptions() agree: one set of defaults."""
+    composed = parse_options(compose_config("report", ["run_dir=x"])["report"])
+    assert parse_options({}) == composed == ReportOptions()
+    with pytest.raises(ConfigError, match="max_sheet_px must be an integer ≥ 256"):
+        parse_options({"max_sheet_px": 255})
+
+
 def test_run_dir_values() -> None:
-    assert report.parse_run_dirs("a") == [Path("a")]
-    assert report.parse_run_dirs(["a", "b"]) == [Path("a"), Path("b")]
+    assert parse_run_dirs("a") == [Path("a")]
+    assert parse_run_dirs(["a", "b"]) == [Path("a"), Path("b")]
     for bad in ([], 3, [""], None):
         with pytest.raises(ConfigError):
-            report.parse_run_dirs(bad)
+            parse_run_dirs(bad)
 
 
 # --- the console script ------------------------------------------------------------------------

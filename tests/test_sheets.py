@@ -24,18 +24,24 @@ from test_report import (
 )
 
 from pipeline import charts, report, sheets
+from pipeline.config import ReportOptions
 from pipeline.errors import ConfigError
+from pipeline.reporting.sheetfiles import sheet_frame
+from pipeline.reporting.text import money
+
+THUMB_PX = ReportOptions().thumb_px  # the typed config's default: the only one
 
 
 def frame_of(run: Path | Sequence[Path]) -> tuple[pd.DataFrame, list[str], report.ReportData]:
     """The rows a report draws (manifest + not-run cells) and the swept axes."""
     data = report.load([run] if isinstance(run, Path) else list(run))
-    return report.sheet_frame(data), data.axes, data
+    return sheet_frame(data), data.axes, data
 
 
 def one_sheet(run: Path, **options: Any) -> sheets.SheetLayout:
     """The only sheet of a run."""
     frame, axes, _ = frame_of(run)
+    options.setdefault("thumb_px", THUMB_PX)
     layouts, skipped = sheets.contact_sheets(frame, axes, sheets.SheetOptions(**options))
     assert len(layouts) == 1 and skipped == 0
     return layouts[0]
@@ -193,10 +199,14 @@ def test_filter_limits_the_sheets(tmp_path: Path) -> None:
     layout = one_sheet(run, query="`vars.style` == 'film grain' and status != 'failed'")
     assert texts(layout, "row") == ["film grain"]
     frame, axes, _ = frame_of(run)
-    empty, _ = sheets.contact_sheets(frame, axes, sheets.SheetOptions(query="cell_index > 99"))
+    empty, _ = sheets.contact_sheets(
+        frame, axes, sheets.SheetOptions(query="cell_index > 99", thumb_px=THUMB_PX)
+    )
     assert empty == []
     with pytest.raises(ConfigError, match=r"report\.filter"):
-        sheets.contact_sheets(frame, axes, sheets.SheetOptions(query="nope ==== 1"))
+        sheets.contact_sheets(
+            frame, axes, sheets.SheetOptions(query="nope ==== 1", thumb_px=THUMB_PX)
+        )
 
 
 def test_defaults_with_one_axis_and_with_none(tmp_path: Path) -> None:
@@ -214,10 +224,12 @@ def test_defaults_with_one_axis_and_with_none(tmp_path: Path) -> None:
 def test_bad_axis_choices(tmp_path: Path) -> None:
     frame, axes, _ = frame_of(make_run(tmp_path / "run"))
     with pytest.raises(ConfigError, match=r"report\.rows='nope'"):
-        sheets.contact_sheets(frame, axes, sheets.SheetOptions(rows="nope"))
+        sheets.contact_sheets(frame, axes, sheets.SheetOptions(rows="nope", thumb_px=THUMB_PX))
     with pytest.raises(ConfigError, match="both"):
         sheets.contact_sheets(
-            frame, axes, sheets.SheetOptions(rows="vars.style", cols="vars.style")
+            frame,
+            axes,
+            sheets.SheetOptions(rows="vars.style", cols="vars.style", thumb_px=THUMB_PX),
         )
     layouts, _ = sheets.contact_sheets(frame, axes, sheets.SheetOptions(rows="seed", thumb_px=64))
     assert layouts[0].spec.row_axis == "seed"
@@ -251,7 +263,7 @@ def test_wide_grids_shrink_then_split(tmp_path: Path) -> None:
     few = sheets.contact_sheets(frame[frame["cell_index"] < 12], axes, options)[0]
     assert len(few) == 1 and 96 <= few[0].thumb_px < 256 and few[0].width <= 2000
     capped, skipped = sheets.contact_sheets(
-        frame, axes, sheets.SheetOptions(max_px=2000, max_sheets=1)
+        frame, axes, sheets.SheetOptions(max_px=2000, max_sheets=1, thumb_px=THUMB_PX)
     )
     assert len(capped) == 1 and skipped == len(layouts) - 1
 
@@ -361,7 +373,7 @@ def test_sampled_sweep_defaults_are_not_one_image_facets(tmp_path: Path) -> None
         }
         rows.append(make_row(i, axes=values))
     frame, names, _ = frame_of(make_run(tmp_path / "run", rows, axes, images=False))
-    rows_axis, cols_axis, facets = sheets.choose_axes(frame, names, sheets.SheetOptions())
+    rows_axis, cols_axis, facets = sheets.choose_axes(frame, names)
     assert (rows_axis, cols_axis, facets) == ("settings.creativity", "strength", [])
     layouts, skipped = sheets.contact_sheets(frame, names, sheets.SheetOptions(thumb_px=64))
     assert len(layouts) == 1 and skipped == 0
@@ -372,7 +384,7 @@ def test_sampled_sweep_defaults_are_not_one_image_facets(tmp_path: Path) -> None
         for i, (a, b, c) in enumerate((a, b, c) for a in "xy" for b in "pq" for c in "mn")
     ]
     frame, names, _ = frame_of(make_run(tmp_path / "grid", grid, ["a", "b", "c"], images=False))
-    assert sheets.choose_axes(frame, names, sheets.SheetOptions()) == ("a", "b", ["c"])
+    assert sheets.choose_axes(frame, names) == ("a", "b", ["c"])
 
 
 @pytest.mark.parametrize(
@@ -395,7 +407,7 @@ def test_cumulative_cost_chart_reaches_the_total() -> None:
         title="cumulative billed cost over time",
         x_label="seconds",
         y_label="USD",
-        fmt_y=lambda v: report.money(v, 2),
+        fmt_y=lambda v: money(v, 2),
     )
     left, top, width, height, bottom = 64, 40, 640, 280, 42
     right_edge, base = width - 16, height - bottom
