@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import sheets
+from pipeline import models, sheets
 from pipeline.report import STATUS_RANK, ReportData, concat_frames
 from pipeline.sheets import RUN
 
@@ -145,11 +145,11 @@ def _iso(value: Any) -> str | None:
 
 
 def table_keys(frame: pd.DataFrame, axes: Sequence[str]) -> list[str]:
-    """Grouping keys: model when several, every swept axis, then creativity, references, size."""
+    """Grouping keys: model when several, swept axes, the models' columns, references, size."""
     keys = [a for a in axes if a in frame.columns and a != RUN]
     if MODEL not in keys and MODEL in frame.columns and frame[MODEL].nunique() > 1:
         keys.insert(0, MODEL)
-    for extra in ("settings.creativity", "reference_count"):
+    for extra in (*(c.name for c in models.extra_columns()), "reference_count"):
         if extra not in keys and extra in frame.columns:
             keys.append(extra)
     if "width" not in keys and "height" not in keys and {"width", "height"} <= set(frame.columns):
