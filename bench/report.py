@@ -14,6 +14,7 @@ import pandas as pd
 
 from bench.common import emit, peak_rss_mb
 from pipeline import manifest, report
+from pipeline.reporting.data import load
 
 AXES = [
     "vars.style",
@@ -111,7 +112,7 @@ def main() -> None:
         header = {"event": "header", "version": 1, "axis_names": AXES}
         (run_dir / "journal.jsonl").write_text(json.dumps(header) + "\n")
         start = time.perf_counter()
-        data = report.load([run_dir])
+        data = load([run_dir])
         loaded = time.perf_counter()
         tables = report.make_tables(data)
         text = report.format_tables(tables, data)

@@ -16,10 +16,10 @@ from pipeline import pricing
 from pipeline.errors import BudgetExceeded, ConfigError
 from pipeline.pricing import usd
 from pipeline.progress import shown
+from pipeline.rundir import PLAN_NAME
 from pipeline.schema import ProblemLog, validate_cells
 from pipeline.sweep import Cell, canonical_json
 
-PLAN_FILE = "plan.parquet"
 _BATCH = 10_000
 
 
@@ -189,8 +189,8 @@ class _PlanWriter:
 
     def __init__(self, out_dir: Path, axis_names: list[str], string_axes: set[str]) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.final = out_dir / PLAN_FILE
-        self.tmp = out_dir / f".{PLAN_FILE}.{os.getpid()}.tmp"
+        self.final = out_dir / PLAN_NAME
+        self.tmp = out_dir / f".{PLAN_NAME}.{os.getpid()}.tmp"
         fixed = {"cell_id", "cell_index", "seed", "numberResults", "estimated_cost_usd", "cached"}
         self.axis_names = [a for a in axis_names if a not in fixed | {"request_json"}]
         self.string_axes = string_axes

@@ -21,9 +21,10 @@ import pytest
 from conftest import CONF, compose_config, run_cli
 from PIL import Image
 
-from pipeline import manifest, report
+from pipeline import manifest, report, rundir
 from pipeline.errors import ConfigError
 from pipeline.journal import Journal
+from pipeline.reporting.data import ReportData, load
 
 AXES = ["vars.style", "settings.creativity"]
 STYLES = ["film grain", "motion blur"]
@@ -196,7 +197,7 @@ def cents(value: Any) -> float:
     return round(round(float(value), 9), 2)
 
 
-def tables_of(data: report.ReportData) -> dict[str, report.Table]:
+def tables_of(data: ReportData) -> dict[str, report.Table]:
     """The report's tables by name."""
     return {t.name: t for t in report.make_tables(data)}
 
@@ -212,11 +213,11 @@ def request_latency(df: pd.DataFrame) -> pd.Series[Any]:
 
 def test_single_run_loads_manifest_and_header_axes(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
-    data = report.load([run])
+    data = load([run])
     assert data.axes == AXES
     assert not data.compare and data.shards == 1 and data.rebuilt == 0
     assert len(data.frame) == 7
-    assert set(data.frame[report.SOURCE]) == {str(run)}
+    assert set(data.frame[rundir.SOURCE]) == {str(run)}
 
 
 def test_axes_without_journal_are_the_extra_columns(tmp_path: Path) -> None:
@@ -227,7 +228,7 @@ def test_axes_without_journal_are_the_extra_columns(tmp_path: Path) -> None:
         ["inputs.referenceImages[0].strength", "vars.style"],
         journal_file=False,
     )
-    assert report.load([run]).axes == ["inputs.referenceImages[0].strength", "vars.style"]
+    assert load([run]).axes == ["inputs.referenceImages[0].strength", "vars.style"]
 
 
 @pytest.mark.parametrize("kind", ["missing", "file", "empty dir"])
@@ -238,7 +239,7 @@ def test_no_run_is_a_config_error(tmp_path: Path, kind: str) -> None:
     elif kind == "empty dir":
         (path / "sub").mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"run_dir|no run"):
-        report.load([path])
+        load([path])
 
 
 def test_crashed_run_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
@@ -260,7 +261,7 @@ def test_crashed_run_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
         for r in {r["cell_id"]: r for r in rows}.values()
     ]
     write_plan(run, plan_cells)
-    data = report.load([run])
+    data = load([run])
     assert data.rebuilt == 1
     assert list(data.frame["cell_id"]) == [r["cell_id"] for r in rows[:4]]
     assert sorted(data.not_run["cell_id"]) == ["cell0003", "cell0004", "cell0005"]
@@ -282,13 +283,13 @@ def test_multirun_shards_are_merged_without_duplicates(tmp_path: Path) -> None:
     make_run(parent / "1", b)
     (parent / "multirun.yaml").write_text("hydra: {}\n")
     (parent / "report").mkdir()  # an earlier report is not a shard
-    data = report.load([parent])
+    data = load([parent])
     assert data.shards == 2 and data.dropped == 1
     keys = list(zip(data.frame["cell_id"], data.frame["result_index"], strict=True))
     assert len(keys) == len(set(keys)) == len(rows)
     cell1 = data.frame[data.frame["cell_id"] == "cell0001"]
     assert list(cell1["status"]) == ["ok"]
-    assert cell1[report.SOURCE].iloc[0] == str(parent / "1")
+    assert cell1[rundir.SOURCE].iloc[0] == str(parent / "1")
     assert list(data.frame["cell_index"]) == sorted(data.frame["cell_index"])
     totals = tables_of(data)["totals"].frame
     expected = manifest.build(rows, AXES)
@@ -303,9 +304,9 @@ def test_merge_prefers_ok_then_cached_then_failed() -> None:
         manifest.build([make_row(0, status="ok", axes=ax)], AXES),
     ]
     for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):
-        merged, dropped = report.merge_shards([frames[i] for i in order])
+        merged, dropped = rundir.merge_runs([frames[i] for i in order])
         assert list(merged["status"]) == ["ok"] and dropped == 2
-    merged, _ = report.merge_shards(frames[:2])
+    merged, _ = rundir.merge_runs(frames[:2])
     assert list(merged["status"]) == ["cached"]
 
 
@@ -316,7 +317,7 @@ def test_compare_runs_adds_a_run_column(tmp_path: Path) -> None:
         for i, s in enumerate(STYLES)
     ]
     b = make_run(tmp_path / "y" / "same", rows_b)
-    data = report.load([a, b])
+    data = load([a, b])
     assert data.compare and data.runs == ["x/same", "y/same"]
     assert list(dict.fromkeys(data.frame[report.RUN])) == data.runs
     t = tables_of(data)
@@ -339,7 +340,7 @@ def test_compare_runs_adds_a_run_column(tmp_path: Path) -> None:
 def test_compare_keeps_a_run_with_no_rows(tmp_path: Path) -> None:
     a = make_run(tmp_path / "a")
     b = make_run(tmp_path / "b", [], manifest_file=False)  # crashed before any result
-    totals = tables_of(report.load([a, b]))["totals"].frame
+    totals = tables_of(load([a, b]))["totals"].frame
     assert list(totals[report.RUN]) == ["a", "b"]
     assert list(totals["cells"]) == [6, 0] and totals["billed_usd"][1] == 0.0
 
@@ -350,7 +351,7 @@ def test_compare_keeps_a_run_with_no_rows(tmp_path: Path) -> None:
 def test_totals_match_the_manifest_to_the_cent(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     df = manifest.read(run)
-    totals = tables_of(report.load([run]))["totals"].frame.iloc[0]
+    totals = tables_of(load([run]))["totals"].frame.iloc[0]
     ok = int((df["status"] == "ok").sum())
     cached = int((df["status"] == "cached").sum())
     failed = int((df["status"] == "failed").sum())
@@ -378,7 +379,7 @@ def test_totals_match_the_manifest_to_the_cent(tmp_path: Path) -> None:
 def test_by_axis_numbers(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     df = manifest.read(run)
-    t = tables_of(report.load([run]))["by_vars.style"].frame.set_index("vars.style")
+    t = tables_of(load([run]))["by_vars.style"].frame.set_index("vars.style")
     assert list(t.index) == STYLES
     for style in STYLES:
         sub = df[df["vars.style"] == style]
@@ -405,7 +406,7 @@ def test_axis_order_numbers_ascending_strings_as_swept(tmp_path: Path) -> None:
         for i, (s, v) in enumerate([("zeta", 1.0), ("alpha", -1.0), ("zeta", 0.0), ("mid", None)])
     ]
     run = make_run(tmp_path / "run", rows, ["vars.style", "strength"])
-    t = tables_of(report.load([run]))
+    t = tables_of(load([run]))
     assert list(t["by_vars.style"].frame["vars.style"]) == ["zeta", "alpha", "mid"]
     strengths = list(t["by_strength"].frame["strength"])
     assert strengths[:3] == [-1.0, 0.0, 1.0] and strengths[3] is pd.NA
@@ -419,7 +420,7 @@ def test_unswept_creativity_refs_and_size_get_tables(tmp_path: Path) -> None:
     for r in rows:
         r["settings.creativity"] = "medium"
     run = make_run(tmp_path / "run", rows, ["vars.style"])
-    t = tables_of(report.load([run]))
+    t = tables_of(load([run]))
     assert {
         "by_vars.style",
         "by_settings.creativity",
@@ -433,7 +434,7 @@ def test_unswept_creativity_refs_and_size_get_tables(tmp_path: Path) -> None:
 def test_billed_vs_estimated_by_status(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     df = manifest.read(run)
-    t = tables_of(report.load([run]))["billed_vs_estimated"].frame.set_index("status")
+    t = tables_of(load([run]))["billed_vs_estimated"].frame.set_index("status")
     assert list(t.index) == ["ok", "cached", "failed", "total"]
     for status in ("ok", "cached", "failed"):
         sub = df[df["status"] == status]
@@ -456,7 +457,7 @@ def test_failures_by_code(tmp_path: Path) -> None:
         make_row(4, 1, status="failed", axes=ax, n=3, code="missingResults", task="t4"),
     ]
     run = make_run(tmp_path / "run", rows)
-    t = tables_of(report.load([run]))
+    t = tables_of(load([run]))
     f = t["failures"].frame
     assert list(f["error_code"]) == ["http_503", "timeout", "missingResults"]
     assert list(f["rows"]) == [2, 1, 1]
@@ -469,7 +470,7 @@ def test_failures_by_code(tmp_path: Path) -> None:
 
 def test_empty_run_still_reports(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", [], manifest_file=False)
-    data = report.load([run])
+    data = load([run])
     t = tables_of(data)
     assert t["totals"].frame["cells"][0] == 0
     assert len(t["failures"].frame) == 0
@@ -482,7 +483,7 @@ def test_empty_run_still_reports(tmp_path: Path) -> None:
 
 def test_csv_files_hold_the_tables(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
-    data = report.load([run])
+    data = load([run])
     tables = report.make_tables(data)
     paths = report.write_tables(tables, tmp_path / "out")
     assert {p.name for p in paths} == {
@@ -502,7 +503,7 @@ def test_csv_files_hold_the_tables(tmp_path: Path) -> None:
 
 
 def test_terminal_text_is_compact(tmp_path: Path) -> None:
-    data = report.load([make_run(tmp_path / "run")])
+    data = load([make_run(tmp_path / "run")])
     text = report.format_tables(report.make_tables(data), data, max_rows=1)
     assert "billed" in text and "$" in text and "fail rate" in text
     assert "… 1 more rows in by_vars.style.csv" in text

@@ -25,11 +25,12 @@ from test_report import (
 
 from pipeline import charts, report, sheets
 from pipeline.errors import ConfigError
+from pipeline.reporting.data import ReportData, load
 
 
-def frame_of(run: Path | Sequence[Path]) -> tuple[pd.DataFrame, list[str], report.ReportData]:
+def frame_of(run: Path | Sequence[Path]) -> tuple[pd.DataFrame, list[str], ReportData]:
     """The rows a report draws (manifest + not-run cells) and the swept axes."""
-    data = report.load([run] if isinstance(run, Path) else list(run))
+    data = load([run] if isinstance(run, Path) else list(run))
     return report.sheet_frame(data), data.axes, data
 
 
