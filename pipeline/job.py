@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pipeline.client import Client
+    from pipeline.emulator import Emulator
     from pipeline.runner import Outcome, SweepInfo
 
 
@@ -172,7 +173,7 @@ def execute(cells: Iterable[Cell], plan: Plan, job: Job, *, sweep: SweepInfo, st
         return outcome.exit_code
 
 
-def _emulator(api: settings.ApiSettings) -> Any:
+def _emulator(api: settings.ApiSettings) -> Emulator:
     """The built-in emulator for a job on the emulator with no server named (not yet started)."""
     from pipeline.emulator import Emulator
 
