@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from bench.common import emit, peak_rss_mb
-from pipeline import manifest, report
+from pipeline import manifest
+from pipeline.reporting.data import load
 from pipeline.reporting.tables import make_tables, write_tables
 from pipeline.reporting.text import format_tables
 
@@ -113,7 +114,7 @@ def main() -> None:
         header = {"event": "header", "version": 1, "axis_names": AXES}
         (run_dir / "journal.jsonl").write_text(json.dumps(header) + "\n")
         start = time.perf_counter()
-        data = report.load([run_dir])
+        data = load([run_dir])
         loaded = time.perf_counter()
         tables = make_tables(data)
         text = format_tables(tables, data)

@@ -23,8 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline import config
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.resources import CONF_DIR as CONF_DIR  # re-exported for the entry points
+from pipeline.rundir import EXIT_CODE_NAME
 
-EXIT_CODE_FILE = "exit_code"  # in each multirun job's run dir: that job's exit code
 _multirun_dirs: list[Path] = []  # sweep dirs of the multiruns this process launched
 
 
@@ -270,15 +270,15 @@ def _record_exit_code(code: int) -> None:
     from pipeline.images import write_atomic
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    write_atomic(run_dir / EXIT_CODE_FILE, f"{code}\n".encode())
+    write_atomic(run_dir / EXIT_CODE_NAME, f"{code}\n".encode())
 
 
 def _job_codes(sweep_dir: Path) -> dict[Path, int]:
     """The codes jobs left under a sweep dir: {job run dir: code} (job dirs do not nest)."""
     codes: dict[Path, int] = {}
     for folder, subdirs, files in os.walk(sweep_dir):
-        if EXIT_CODE_FILE in files:
-            text = (Path(folder) / EXIT_CODE_FILE).read_text().strip()
+        if EXIT_CODE_NAME in files:
+            text = (Path(folder) / EXIT_CODE_NAME).read_text().strip()
             codes[Path(folder)] = int(text) if text.lstrip("-").isdigit() else 1
             subdirs.clear()
     return codes
@@ -292,7 +292,7 @@ class MultirunExitCodes(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         _multirun_dirs.append(sweep_dir)
         for job_dir in _job_codes(sweep_dir):
-            (job_dir / EXIT_CODE_FILE).unlink(missing_ok=True)
+            (job_dir / EXIT_CODE_NAME).unlink(missing_ok=True)
 
 
 def worst_job_code(command: str) -> int:
@@ -302,7 +302,7 @@ def worst_job_code(command: str) -> int:
         codes = _job_codes(sweep_dir)
         if not codes:
             print(
-                f"{command}: error: no job of the multirun left its {EXIT_CODE_FILE} in "
+                f"{command}: error: no job of the multirun left its {EXIT_CODE_NAME} in "
                 f"{sweep_dir}: its jobs must write there (a hydra.sweep.dir they all share)",
                 file=sys.stderr,
                 flush=True,

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline import images, sheets
+from pipeline import images, rundir, sheets
 
 DATA_NAME = "explorer-data.js"
 DETAIL_DIR = "explorer"
@@ -275,7 +275,7 @@ def explorer_data(
         return frame[name].astype(object).tolist() if name in frame.columns else [None] * n
 
     status = col("status")
-    sources = col(sheets.SOURCE)
+    sources = col(rundir.SOURCE)
     rels = col("image_path")
     shas = col("image_sha256")
     widths, heights = col("width"), col("height")

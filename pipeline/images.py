@@ -43,6 +43,7 @@ from xml.sax.saxutils import escape, unescape
 from PIL import Image
 
 from pipeline import models
+from pipeline.rundir import IMAGES_DIR
 
 TOOL = "krea-sweep"
 KEYWORD = b"krea-sweep"
@@ -75,7 +76,7 @@ def sha256_hex(data: bytes) -> str:
 
 def image_relpath(cell_id: str, result_index: int, ext: str) -> str:
     """Path of an image inside a run dir, named from its cell id only (never from prompt text)."""
-    return f"images/{cell_id}-{int(result_index)}.{normalize_ext(ext)}"
+    return f"{IMAGES_DIR}/{cell_id}-{int(result_index)}.{normalize_ext(ext)}"
 
 
 def normalize_ext(ext: str) -> str:

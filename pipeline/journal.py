@@ -29,7 +29,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-JOURNAL_NAME = "journal.jsonl"
+from pipeline.rundir import JOURNAL_NAME
+
 VERSION = 1
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 
 from pipeline import images, journal, models
 from pipeline.errors import PipelineError
+from pipeline.rundir import MANIFEST_CSV, MANIFEST_PARQUET
 from pipeline.sweep import canonical_json
 
 TIMESTAMP = "datetime64[ms, UTC]"  # submitted_at / finished_at: UTC, millisecond precision
@@ -72,8 +73,6 @@ COLUMNS: dict[str, str] = {
 }
 STATUSES = frozenset({"ok", "failed", "cached"})
 AXES_AFTER = "reference_count"
-PARQUET_NAME = "manifest.parquet"
-CSV_NAME = "manifest.csv"
 RECORD_VERSION = 1
 
 _FIXED = list(COLUMNS)
@@ -404,7 +403,7 @@ def _infer_axis(values: list[Any]) -> tuple[str, list[Any]]:
 def write(df: pd.DataFrame, run_dir: Path) -> tuple[Path, Path]:
     """Write `manifest.parquet` and `manifest.csv` into `run_dir`, each atomically."""
     run_dir = Path(run_dir)
-    parquet, csv = run_dir / PARQUET_NAME, run_dir / CSV_NAME
+    parquet, csv = run_dir / MANIFEST_PARQUET, run_dir / MANIFEST_CSV
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     try:
@@ -456,7 +455,7 @@ def read(path: str | os.PathLike[str]) -> pd.DataFrame:
     """A manifest (parquet, csv, or a run dir holding one) with the contract's dtypes."""
     p = Path(path)
     if p.is_dir():
-        p = p / PARQUET_NAME if (p / PARQUET_NAME).exists() else p / CSV_NAME
+        p = p / MANIFEST_PARQUET if (p / MANIFEST_PARQUET).exists() else p / MANIFEST_CSV
     if p.suffix == ".csv":
         return _read_csv(p)
     df = pd.read_parquet(p)

@@ -16,11 +16,24 @@ from pipeline import pricing
 from pipeline.errors import BudgetExceeded, ConfigError
 from pipeline.pricing import usd
 from pipeline.progress import shown
+from pipeline.rundir import PLAN_NAME
 from pipeline.schema import ProblemLog, validate_cells
 from pipeline.sweep import Cell, canonical_json
 
-PLAN_FILE = "plan.parquet"
 _BATCH = 10_000
+# plan.parquet's column contract: these columns and types, with the swept axes (one column each,
+# in the sweep's order) right after AXES_AFTER; an axis whose values mix types is written as text.
+COLUMNS: dict[str, pa.DataType] = {
+    "cell_id": pa.string(),
+    "cell_index": pa.int64(),
+    "seed": pa.int64(),
+    "numberResults": pa.int64(),
+    "estimated_cost_usd": pa.float64(),
+    "cached": pa.bool_(),
+    "request_json": pa.string(),
+}
+AXES_AFTER = "seed"
+_SPLIT = list(COLUMNS).index(AXES_AFTER) + 1
 
 
 class HasCells(Protocol):
@@ -191,20 +204,17 @@ class _PlanWriter:
 
     def __init__(self, out_dir: Path, axis_names: list[str], string_axes: set[str]) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.final = out_dir / PLAN_FILE
-        self.tmp = out_dir / f".{PLAN_FILE}.{os.getpid()}.tmp"
-        fixed = {"cell_id", "cell_index", "seed", "numberResults", "estimated_cost_usd", "cached"}
-        self.axis_names = [a for a in axis_names if a not in fixed | {"request_json"}]
+        self.final = out_dir / PLAN_NAME
+        self.tmp = out_dir / f".{PLAN_NAME}.{os.getpid()}.tmp"
+        self.axis_names = [a for a in axis_names if a not in COLUMNS]
         self.string_axes = string_axes
         self.rows: dict[str, list[Any]] = self._empty()
         self.writer: pq.ParquetWriter | None = None
         self.schema: pa.Schema | None = None
 
     def _empty(self) -> dict[str, list[Any]]:
-        cols = ["cell_id", "cell_index", "seed", *self.axis_names]
-        return {
-            c: [] for c in [*cols, "numberResults", "estimated_cost_usd", "cached", "request_json"]
-        }
+        names = list(COLUMNS)
+        return {c: [] for c in [*names[:_SPLIT], *self.axis_names, *names[_SPLIT:]]}
 
     def add(self, cell: Cell, cost: float, cached: bool) -> None:
         """Buffer one row; flush a batch when full."""
@@ -228,19 +238,10 @@ class _PlanWriter:
         """Write the buffered rows as one row group."""
         if not self.rows["cell_id"]:
             return
-        fixed = {
-            "cell_id": pa.string(),
-            "cell_index": pa.int64(),
-            "seed": pa.int64(),
-            "numberResults": pa.int64(),
-            "estimated_cost_usd": pa.float64(),
-            "cached": pa.bool_(),
-            "request_json": pa.string(),
-        }
         arrays = {}
         for name, values in self.rows.items():
-            if name in fixed:
-                arrays[name] = pa.array(values, type=fixed[name])
+            if name in COLUMNS:
+                arrays[name] = pa.array(values, type=COLUMNS[name])
             elif name in self.string_axes:
                 arrays[name] = pa.array(values, type=pa.string())
             elif self.schema is None:

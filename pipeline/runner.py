@@ -4,9 +4,9 @@ Threads: the main thread walks the cells in plan order, answers cached cells fro
 the budget and hands each remaining cell to a pool of daemon worker threads (at most
 `runner.concurrency` in flight). A worker journals the taskUUID (fsync'd) *before* the submit, so a
 run killed at any moment leaves enough to recover the task by its taskUUID instead of paying again.
-Results are journaled as they finish; the manifest is rebuilt from the journal at the end (and
-can be after a crash). A failed cell is a row, never an exception that unwinds the run; only a bad
-key or missing credits stop it.
+Results are journaled as they finish; `pipeline.job` rebuilds the manifest from the journal at
+the end (it can be after a crash too). A failed cell is a row, never an exception that unwinds the
+run; only a bad key or missing credits stop it.
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ from pipeline import images, manifest, pricing
 from pipeline.client import Client, Generation
 from pipeline.errors import ApiError, AuthError, CreditsError, RequestRejected, SafetyError
 from pipeline.journal import Journal, read_journal
-from pipeline.plan import Plan
 from pipeline.pricing import usd
-from pipeline.progress import Progress, shown
-from pipeline.settings import ApiSettings, BudgetSettings, RunnerSettings
+from pipeline.progress import Progress
+from pipeline.rundir import IMAGES_DIR
+from pipeline.settings import RunnerSettings
 from pipeline.store import Store, StoredCell
 from pipeline.sweep import Cell
 
-IMAGES_DIR = "images"
 log = logging.getLogger(__name__)
 
 
@@ -483,121 +482,3 @@ def _stored_task(record: dict[str, Any]) -> str | None:
         if isinstance(task, str) and task:
             return task
     return None
-
-
-def run_sweep(
-    *,
-    cells: Iterable[Cell],
-    plan: Plan,
-    sweep: SweepInfo,
-    api: ApiSettings,
-    base_url: str,
-    key: str,
-    runner_cfg: RunnerSettings,
-    store: Store,
-    price_table: dict[str, Any],
-    run_dir: Path,
-    report_dir: Path | None = None,
-    budget: BudgetSettings | None = None,
-) -> int:
-    """Run the cells, write the manifest, print the summary; returns the exit code."""
-    check = budget is not None and budget.check_price(api.backend)
-    client = Client(
-        base_url,
-        key,
-        timeout_s=api.timeout_s,
-        connect_timeout_s=api.connect_timeout_s,
-        max_retries=runner_cfg.max_retries,
-        delivery=api.delivery,
-        output_type=api.output_type,
-        upload_refs=api.upload_refs,
-        batch_polls=api.batch_polls,
-        poll_timeout_s=api.poll_timeout_s,
-        pool_size=runner_cfg.concurrency + 8,
-        first_poll_s=api.first_poll_s,
-        settle_s=api.settle_s,
-    )
-    try:
-        runner = Runner(
-            sweep=sweep,
-            client=client,
-            store=store,
-            run_dir=run_dir,
-            price_table=price_table,
-            budget_usd=plan.budget_usd,
-            cfg=runner_cfg,
-            backend=api.backend,
-            total_cells=plan.cells,
-            price_check=check,
-            price_tolerance=budget.price_tolerance if budget is not None else 0.1,
-        )
-        outcome = runner.run(cells)
-    finally:
-        client.close()
-    outcome.estimated_usd = plan.estimate_usd
-    whole = manifest.rebuild(run_dir, sweep.axis_names)
-    # The manifest describes this plan: rows of cells an earlier, different sweep left in this
-    # run dir stay in journal.jsonl only. (After Ctrl-C not every cell was seen: keep all.)
-    frame = whole
-    if not outcome.interrupted:
-        frame = whole[whole["cell_id"].isin(outcome.cell_ids)].reset_index(drop=True)
-    parquet_path, _ = manifest.write(frame, run_dir)
-    left_out = len(whole) - len(frame)
-    print(
-        summary(outcome, frame, run_dir, parquet_path, report_dir or run_dir, left_out=left_out),
-        flush=True,
-    )
-    return outcome.exit_code
-
-
-def summary(
-    outcome: Outcome,
-    frame: Any,
-    run_dir: Path,
-    parquet_path: Path,
-    report_dir: Path,
-    *,
-    left_out: int = 0,
-) -> str:
-    """The end-of-run summary for a person (the README's "What the cost figures count")."""
-    failed = frame[frame["status"] == "failed"]
-    by_code = failed["error_code"].value_counts().to_dict() if len(failed) else {}
-    lines = [
-        "",
-        f"images   {int((frame['status'] != 'failed').sum()):,} "
-        f"({outcome.ok:,} cell{'' if outcome.ok == 1 else 's'} run, {outcome.cached:,} cached, "
-        f"{outcome.failed:,} failed)",
-    ]
-    if by_code:
-        lines.append("failures " + ", ".join(f"{code} × {n}" for code, n in by_code.items()))
-    # Billed and estimated over the same images: the ones this run dir paid for (status ok).
-    paid = frame[frame["status"] == "ok"]
-    billed = float(paid["cost_usd"].fillna(0).sum())
-    estimated = float(paid["estimated_cost_usd"].fillna(0).sum())
-    lines.append(
-        f"cost     {usd(billed)} billed vs {usd(estimated)} estimated for the "
-        f"{len(paid):,} image(s) paid for here"
-    )
-    if outcome.maybe_billed_cells:
-        lines.append(
-            f"unsettled {usd(outcome.maybe_billed_usd)} at estimate: "
-            f"{outcome.maybe_billed_cells:,} task(s) accepted or of unknown outcome, no result "
-            "yet; a rerun recovers them by taskUUID (not paid again)"
-        )
-    if outcome.price_note:
-        lines.append(outcome.price_note)
-    if left_out:
-        lines.append(
-            f"note     {left_out:,} row(s) of cells not in this plan (an earlier sweep in this run"
-            " dir) are left out of the manifest; journal.jsonl keeps them"
-        )
-    lines.append(f"wall     {outcome.wall_s:,.1f} s")
-    if outcome.interrupted:
-        lines.append(
-            "stopped  interrupted; rerun the same command to finish (nothing is paid twice)"
-        )
-    elif outcome.stopped:
-        lines.append(f"stopped  {outcome.stopped}; {outcome.not_run:,} cell(s) not run")
-    lines.append(f"outputs  {shown(run_dir)}  (manifest: {parquet_path.name}, images/)")
-    lines.append(f"next     krea-report run_dir={shown(report_dir)}")
-    return "\n".join(lines)

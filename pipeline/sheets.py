@@ -31,8 +31,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import images
 from pipeline.errors import ConfigError
+from pipeline.rundir import SOURCE
 
-SOURCE = "_run_dir"
 RUN = "run"
 NOT_RUN = "not run"
 ABSENT = "not in sweep"  # a row × column combination the sweep never had (e.g. excluded)

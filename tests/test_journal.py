@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.journal import JOURNAL_NAME, Journal, read_journal
+from pipeline.journal import Journal, read_journal
+from pipeline.rundir import JOURNAL_NAME
 
 HEADER = {"axis_names": ["vars.style"], "sweep": "demo", "backend": "emulator"}
 

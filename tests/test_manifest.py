@@ -13,7 +13,8 @@ import pytest
 
 from pipeline import images, manifest
 from pipeline.errors import RateLimited
-from pipeline.journal import JOURNAL_NAME, Journal
+from pipeline.journal import Journal
+from pipeline.rundir import JOURNAL_NAME
 
 MAX_SEED = 9223372036854775807
 

@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import BudgetExceeded, ConfigError
 from pipeline.plan import (
+    AXES_AFTER,
+    COLUMNS,
     Plan,
     check_budget,
     check_least_cost,
@@ -105,6 +108,36 @@ def test_plan_counts_prices_and_store_hits(tmp_path: Path) -> None:
     ]
     assert frame["cached"].sum() == 2 and frame["cell_index"].tolist() == list(range(10))
     assert "to run" in format_plan(plan)
+
+
+EXPECTED_COLUMNS = [
+    ("cell_id", "string"),
+    ("cell_index", "int64"),
+    ("seed", "int64"),
+    ("numberResults", "int64"),
+    ("estimated_cost_usd", "double"),
+    ("cached", "bool"),
+    ("request_json", "string"),
+]
+
+
+def test_plan_parquet_has_exactly_the_contract_columns(tmp_path: Path) -> None:
+    assert [(name, str(kind)) for name, kind in COLUMNS.items()] == EXPECTED_COLUMNS
+    assert AXES_AFTER == "seed"
+    cells = [
+        _cell(i, {"vars.k": i, "settings.creativity": ["low", "high"][i % 2]}) for i in range(4)
+    ]
+    axes = ["vars.k", "settings.creativity"]
+    make_plan(lambda: cells, price_table=TABLE, axis_names=axes, budget_usd=5.0, out_dir=tmp_path)
+    schema = pq.read_schema(tmp_path / "plan.parquet")
+    written = [(field.name, str(field.type)) for field in schema]
+    split = [name for name, _ in EXPECTED_COLUMNS].index("seed") + 1
+    assert written == [
+        *EXPECTED_COLUMNS[:split],
+        ("vars.k", "int64"),
+        ("settings.creativity", "string"),
+        *EXPECTED_COLUMNS[split:],
+    ]
 
 
 def test_plan_of_one_shard(tmp_path: Path) -> None:

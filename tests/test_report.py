@@ -21,9 +21,10 @@ import pytest
 from conftest import CONF, compose_config, run_cli
 from PIL import Image
 
-from pipeline import manifest, report
+from pipeline import manifest, report, rundir
 from pipeline.errors import ConfigError
 from pipeline.journal import Journal
+from pipeline.reporting.data import ReportData, load
 from pipeline.reporting.options import ReportOptions, output_dir, parse_options, parse_run_dirs
 from pipeline.reporting.page import html_page, plots
 from pipeline.reporting.tables import SIZE, Table, make_tables, table_keys, write_tables
@@ -201,7 +202,7 @@ def cents(value: Any) -> float:
     return round(round(float(value), 9), 2)
 
 
-def tables_of(data: report.ReportData) -> dict[str, Table]:
+def tables_of(data: ReportData) -> dict[str, Table]:
     """The report's tables by name."""
     return {t.name: t for t in make_tables(data)}
 
@@ -217,11 +218,11 @@ def request_latency(df: pd.DataFrame) -> pd.Series[Any]:
 
 def test_single_run_loads_manifest_and_header_axes(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
-    data = report.load([run])
+    data = load([run])
     assert data.axes == AXES
     assert not data.compare and data.shards == 1 and data.rebuilt == 0
     assert len(data.frame) == 7
-    assert set(data.frame[report.SOURCE]) == {str(run)}
+    assert set(data.frame[rundir.SOURCE]) == {str(run)}
 
 
 def test_axes_without_journal_are_the_extra_columns(tmp_path: Path) -> None:
@@ -232,7 +233,7 @@ def test_axes_without_journal_are_the_extra_columns(tmp_path: Path) -> None:
         ["inputs.referenceImages[0].strength", "vars.style"],
         journal_file=False,
     )
-    assert report.load([run]).axes == ["inputs.referenceImages[0].strength", "vars.style"]
+    assert load([run]).axes == ["inputs.referenceImages[0].strength", "vars.style"]
 
 
 @pytest.mark.parametrize("kind", ["missing", "file", "empty dir"])
@@ -243,7 +244,7 @@ def test_no_run_is_a_config_error(tmp_path: Path, kind: str) -> None:
     elif kind == "empty dir":
         (path / "sub").mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"run_dir|no run"):
-        report.load([path])
+        load([path])
 
 
 def test_crashed_run_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
@@ -265,7 +266,7 @@ def test_crashed_run_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
         for r in {r["cell_id"]: r for r in rows}.values()
     ]
     write_plan(run, plan_cells)
-    data = report.load([run])
+    data = load([run])
     assert data.rebuilt == 1
     assert list(data.frame["cell_id"]) == [r["cell_id"] for r in rows[:4]]
     assert sorted(data.not_run["cell_id"]) == ["cell0003", "cell0004", "cell0005"]
@@ -287,13 +288,13 @@ def test_multirun_shards_are_merged_without_duplicates(tmp_path: Path) -> None:
     make_run(parent / "1", b)
     (parent / "multirun.yaml").write_text("hydra: {}\n")
     (parent / "report").mkdir()  # an earlier report is not a shard
-    data = report.load([parent])
+    data = load([parent])
     assert data.shards == 2 and data.dropped == 1
     keys = list(zip(data.frame["cell_id"], data.frame["result_index"], strict=True))
     assert len(keys) == len(set(keys)) == len(rows)
     cell1 = data.frame[data.frame["cell_id"] == "cell0001"]
     assert list(cell1["status"]) == ["ok"]
-    assert cell1[report.SOURCE].iloc[0] == str(parent / "1")
+    assert cell1[rundir.SOURCE].iloc[0] == str(parent / "1")
     assert list(data.frame["cell_index"]) == sorted(data.frame["cell_index"])
     totals = tables_of(data)["totals"].frame
     expected = manifest.build(rows, AXES)
@@ -308,9 +309,9 @@ def test_merge_prefers_ok_then_cached_then_failed() -> None:
         manifest.build([make_row(0, status="ok", axes=ax)], AXES),
     ]
     for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):
-        merged, dropped = report.merge_shards([frames[i] for i in order])
+        merged, dropped = rundir.merge_runs([frames[i] for i in order])
         assert list(merged["status"]) == ["ok"] and dropped == 2
-    merged, _ = report.merge_shards(frames[:2])
+    merged, _ = rundir.merge_runs(frames[:2])
     assert list(merged["status"]) == ["cached"]
 
 
@@ -321,7 +322,7 @@ def test_compare_runs_adds_a_run_column(tmp_path: Path) -> None:
         for i, s in enumerate(STYLES)
     ]
     b = make_run(tmp_path / "y" / "same", rows_b)
-    data = report.load([a, b])
+    data = load([a, b])
     assert data.compare and data.runs == ["x/same", "y/same"]
     assert list(dict.fromkeys(data.frame[RUN])) == data.runs
     t = tables_of(data)
@@ -344,7 +345,7 @@ def test_compare_runs_adds_a_run_column(tmp_path: Path) -> None:
 def test_compare_keeps_a_run_with_no_rows(tmp_path: Path) -> None:
     a = make_run(tmp_path / "a")
     b = make_run(tmp_path / "b", [], manifest_file=False)  # crashed before any result
-    totals = tables_of(report.load([a, b]))["totals"].frame
+    totals = tables_of(load([a, b]))["totals"].frame
     assert list(totals[RUN]) == ["a", "b"]
     assert list(totals["cells"]) == [6, 0] and totals["billed_usd"][1] == 0.0
 
@@ -355,7 +356,7 @@ def test_compare_keeps_a_run_with_no_rows(tmp_path: Path) -> None:
 def test_totals_match_the_manifest_to_the_cent(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     df = manifest.read(run)
-    totals = tables_of(report.load([run]))["totals"].frame.iloc[0]
+    totals = tables_of(load([run]))["totals"].frame.iloc[0]
     ok = int((df["status"] == "ok").sum())
     cached = int((df["status"] == "cached").sum())
     failed = int((df["status"] == "failed").sum())
@@ -383,7 +384,7 @@ def test_totals_match_the_manifest_to_the_cent(tmp_path: Path) -> None:
 def test_by_axis_numbers(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     df = manifest.read(run)
-    t = tables_of(report.load([run]))["by_vars.style"].frame.set_index("vars.style")
+    t = tables_of(load([run]))["by_vars.style"].frame.set_index("vars.style")
     assert list(t.index) == STYLES
     for style in STYLES:
         sub = df[df["vars.style"] == style]
@@ -410,7 +411,7 @@ def test_axis_order_numbers_ascending_strings_as_swept(tmp_path: Path) -> None:
         for i, (s, v) in enumerate([("zeta", 1.0), ("alpha", -1.0), ("zeta", 0.0), ("mid", None)])
     ]
     run = make_run(tmp_path / "run", rows, ["vars.style", "strength"])
-    t = tables_of(report.load([run]))
+    t = tables_of(load([run]))
     assert list(t["by_vars.style"].frame["vars.style"]) == ["zeta", "alpha", "mid"]
     strengths = list(t["by_strength"].frame["strength"])
     assert strengths[:3] == [-1.0, 0.0, 1.0] and strengths[3] is pd.NA
@@ -424,7 +425,7 @@ def test_unswept_creativity_refs_and_size_get_tables(tmp_path: Path) -> None:
     for r in rows:
         r["settings.creativity"] = "medium"
     run = make_run(tmp_path / "run", rows, ["vars.style"])
-    t = tables_of(report.load([run]))
+    t = tables_of(load([run]))
     assert {
         "by_vars.style",
         "by_settings.creativity",
@@ -451,7 +452,7 @@ def two_model_rows() -> list[dict[str, Any]]:
 
 def test_two_models_are_compared_by_model(tmp_path: Path) -> None:
     """Not swept (the model column only): cost, failures and latency per model, first table."""
-    data = report.load([make_run(tmp_path / "run", two_model_rows(), ["vars.style"])])
+    data = load([make_run(tmp_path / "run", two_model_rows(), ["vars.style"])])
     assert "model" not in data.axes
     tables = make_tables(data)
     assert [t.name for t in tables][:4] == [
@@ -486,7 +487,7 @@ def test_one_model_or_a_swept_model_gets_one_model_table(tmp_path: Path) -> None
 def test_billed_vs_estimated_by_status(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     df = manifest.read(run)
-    t = tables_of(report.load([run]))["billed_vs_estimated"].frame.set_index("status")
+    t = tables_of(load([run]))["billed_vs_estimated"].frame.set_index("status")
     assert list(t.index) == ["ok", "cached", "failed", "total"]
     for status in ("ok", "cached", "failed"):
         sub = df[df["status"] == status]
@@ -509,7 +510,7 @@ def test_failures_by_code(tmp_path: Path) -> None:
         make_row(4, 1, status="failed", axes=ax, n=3, code="missingResults", task="t4"),
     ]
     run = make_run(tmp_path / "run", rows)
-    t = tables_of(report.load([run]))
+    t = tables_of(load([run]))
     f = t["failures"].frame
     assert list(f["error_code"]) == ["http_503", "timeout", "missingResults"]
     assert list(f["rows"]) == [2, 1, 1]
@@ -522,7 +523,7 @@ def test_failures_by_code(tmp_path: Path) -> None:
 
 def test_empty_run_still_reports(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", [], manifest_file=False)
-    data = report.load([run])
+    data = load([run])
     t = tables_of(data)
     assert t["totals"].frame["cells"][0] == 0
     assert len(t["failures"].frame) == 0
@@ -535,7 +536,7 @@ def test_empty_run_still_reports(tmp_path: Path) -> None:
 
 def test_csv_files_hold_the_tables(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
-    data = report.load([run])
+    data = load([run])
     tables = make_tables(data)
     paths = write_tables(tables, tmp_path / "out")
     assert {p.name for p in paths} == {
@@ -555,7 +556,7 @@ def test_csv_files_hold_the_tables(tmp_path: Path) -> None:
 
 
 def test_terminal_text_is_compact(tmp_path: Path) -> None:
-    data = report.load([make_run(tmp_path / "run")])
+    data = load([make_run(tmp_path / "run")])
     text = format_tables(make_tables(data), data, max_rows=1)
     assert "billed" in text and "$" in text and "fail rate" in text
     assert "… 1 more rows in by_vars.style.csv" in text

@@ -24,17 +24,10 @@ from pipeline import images, manifest
 from pipeline.emulator import Emulator
 from pipeline.entry import JobContext
 from pipeline.errors import BudgetExceeded, ConfigError, PipelineError, SelectError
-from pipeline.reproduce import (
-    REPORT_NAME,
-    Recorded,
-    Select,
-    compare,
-    load_selection,
-    parse_select,
-    pixel_difference,
-    rebuild_cell,
-    reproduce_job,
-)
+from pipeline.reproduce import reproduce_job
+from pipeline.reproduction import compare, pixel_difference, rebuild_cell
+from pipeline.rundir import REPRODUCE_CSV
+from pipeline.selection import Recorded, Select, load_selection, parse_select
 from pipeline.sweep import cell_id_of
 
 ID_A = "0123456789abcdef0123"
@@ -94,7 +87,7 @@ def _reproduce(
     for key, value in edits.items():
         set_path(cfg, key, value)
     code = reproduce_job(cfg, JobContext(run_dir=out, multirun=False, sweep_dir=None, overrides=[]))
-    report = out / REPORT_NAME
+    report = out / REPRODUCE_CSV
     return code, pd.read_csv(report) if report.exists() else None
 
 
@@ -439,7 +432,7 @@ def test_console_script_reproduces_and_fails_cleanly_on_a_bad_select(
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith("backend: emulator")
     assert "1 identical, 0 different, 0 failed" in done.stdout
-    assert (isolated / "rep" / REPORT_NAME).exists()
+    assert (isolated / "rep" / REPRODUCE_CSV).exists()
 
     bad = run_cli("reproduce", f"run_dir={run}", f"select=[{ID_A}]", cwd=isolated)
     assert bad.returncode == 1

@@ -122,7 +122,7 @@ def test_a_sweep_key_can_be_overridden_like_any_config() -> None:
 def test_the_first_line_names_the_backend(
     group: str, env: dict[str, str], dry_run: bool, line: str
 ) -> None:
-    from pipeline.run import backend_line
+    from pipeline.job import backend_line
 
     assert backend_line(api_settings(_api(group), env), dry_run) == line
 

@@ -23,18 +23,19 @@ from test_report import (
     write_plan,
 )
 
-from pipeline import charts, report, sheets
+from pipeline import charts, sheets
 from pipeline.config import ReportOptions
 from pipeline.errors import ConfigError
+from pipeline.reporting.data import ReportData, load
 from pipeline.reporting.sheetfiles import sheet_frame
 from pipeline.reporting.text import money
 
 THUMB_PX = ReportOptions().thumb_px  # the typed config's default: the only one
 
 
-def frame_of(run: Path | Sequence[Path]) -> tuple[pd.DataFrame, list[str], report.ReportData]:
+def frame_of(run: Path | Sequence[Path]) -> tuple[pd.DataFrame, list[str], ReportData]:
     """The rows a report draws (manifest + not-run cells) and the swept axes."""
-    data = report.load([run] if isinstance(run, Path) else list(run))
+    data = load([run] if isinstance(run, Path) else list(run))
     return sheet_frame(data), data.axes, data
 
 

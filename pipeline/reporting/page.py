@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import charts, explorer, sheets
-from pipeline.report import ReportData
+from pipeline.reporting.data import ReportData
 from pipeline.reporting.sheetfiles import SheetFile
 from pipeline.reporting.tables import Table, numbers, request_latencies
 from pipeline.reporting.text import (

@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import sheets
-from pipeline.report import ReportData, concat_frames
+from pipeline.reporting.data import ReportData
 from pipeline.reporting.options import ReportOptions
+from pipeline.rundir import concat_frames
 from pipeline.sheets import RUN
 
 SHEETS_DIR = "sheets"

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import models, sheets
-from pipeline.report import STATUS_RANK, ReportData, concat_frames
+from pipeline.reporting.data import ReportData
+from pipeline.rundir import PRECEDENCE, concat_frames
 from pipeline.sheets import RUN
 
 MODEL = "model"
@@ -246,7 +247,7 @@ def billed_table(data: ReportData, nums: pd.DataFrame) -> pd.DataFrame:
         parts = [(None, frame.index)]
     status = frame["status"].astype(object)
     for run, idx in parts:
-        for name in (*STATUS_RANK, "total"):
+        for name in (*PRECEDENCE, "total"):
             sel = idx if name == "total" else idx[(status.loc[idx] == name).to_numpy()]
             n = nums.loc[sel]
             images = int((n["_ok"] + n["_cached"] + n["_failed_images"]).sum())

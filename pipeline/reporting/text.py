@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import charts, sheets
-from pipeline.report import ReportData
+from pipeline.reporting.data import ReportData
 from pipeline.reporting.tables import Table
 from pipeline.sheets import RUN
 
