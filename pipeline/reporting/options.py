@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline import config
 from pipeline.errors import ConfigError
+from pipeline.rundir import REPORT_DIR
 
 DEFAULTS = config.ReportOptions()
 LOWS: dict[str, Any] = {
@@ -117,5 +118,5 @@ def output_dir(paths: Sequence[Path], out_dir: Path | None, now: datetime) -> Pa
     if out_dir is not None:
         return out_dir
     if len(paths) == 1:
-        return paths[0] / "report"
+        return paths[0] / REPORT_DIR
     return Path("outputs") / "reports" / f"compare-{now:%Y-%m-%d_%H-%M-%S}"
