@@ -57,6 +57,7 @@ from pipeline.errors import ConfigError, PipelineError, SelectError
 from pipeline.journal import JOURNAL_NAME
 from pipeline.plan import PLAN_FILE, make_plan
 from pipeline.progress import shown
+from pipeline.protocol import CLIENT_FIELDS
 from pipeline.run import backend_line, execute, gate
 from pipeline.store import Store
 from pipeline.sweep import Cell, cell_id_of, is_local_file
@@ -66,7 +67,7 @@ REPRODUCTIONS_DIR = "reproductions"
 IMAGE_PREFIXES = ("image:", "image=")
 RESULTS = ("identical", "different", "failed")
 _CELL_ID_RE = re.compile(r"[0-9a-f]{20}\Z")
-_CLIENT_FIELDS = frozenset({"taskType", "taskUUID", "includeCost", "deliveryMethod"})
+_CLIENT_FIELDS = frozenset(CLIENT_FIELDS)
 _IMAGE_STATUSES = ("ok", "cached")
 
 

@@ -18,6 +18,7 @@ import jsonschema
 
 from pipeline.errors import ValidationFailed
 from pipeline.images import image_input_problem
+from pipeline.protocol import CLIENT_FIELDS
 from pipeline.resources import SCHEMA_DIR
 from pipeline.sweep import Cell, canonical_json, is_local_file
 
@@ -26,7 +27,7 @@ REQUEST_SCHEMA_PATH = SCHEMA_DIR / "krea-2-large.request.json"
 _ATTEMPT_FIELDS = {"taskType": "imageInference", "taskUUID": "00000000-0000-4000-8000-000000000000"}
 _FREE_FIELDS = ("positivePrompt", "seed")  # checked alone, left out of the memo key
 _EXAMPLES_PER_PROBLEM = 5
-_SET_BY_US = {"taskType", "taskUUID", "deliveryMethod", "includeCost"}  # not for a sweep to set
+_SET_BY_US = set(CLIENT_FIELDS)  # not for a sweep to set
 
 
 @cache

@@ -18,14 +18,12 @@ import pytest
 import requests
 from PIL import Image
 
-from pipeline.client import Client, Generation, classify
+from pipeline.client import Client, Generation
 from pipeline.errors import (
     ApiError,
     AuthError,
     ConfigError,
     CreditsError,
-    NotFoundError,
-    RateLimited,
     RequestRejected,
     SafetyError,
     TransientError,
@@ -128,115 +126,6 @@ def inference_uuids(srv: ScriptedServer) -> list[str]:
         for t in r.tasks
         if t.get("taskType") == "imageInference"
     ]
-
-
-# ------------------------------------------------------------------------------------------
-# classify: a pure table
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "cls", "code"),
-    [
-        (401, error_body("invalidApiKey", "Invalid API key"), AuthError, "invalidApiKey"),
-        (400, error_body("missingApiKey"), AuthError, "missingApiKey"),
-        (401, None, AuthError, "unauthorized"),
-        (403, {"errors": [{"code": "permissionDenied"}]}, AuthError, "permissionDenied"),
-        (402, error_body("insufficientCredits"), CreditsError, "insufficientCredits"),
-        (400, error_body("insufficientCredits"), CreditsError, "insufficientCredits"),
-        (400, error_body("accountBalanceTooLow"), CreditsError, "accountBalanceTooLow"),
-        (429, error_body("monthlyQuotaExceeded"), CreditsError, "monthlyQuotaExceeded"),
-        (400, error_body("paymentRequired"), CreditsError, "paymentRequired"),
-        (402, None, CreditsError, "paymentRequired"),
-        (400, error_body("contentPolicyViolation"), SafetyError, "contentPolicyViolation"),
-        (200, error_body("nsfwContentDetected"), SafetyError, "nsfwContentDetected"),
-        (400, error_body("taskFailedOrNotFound"), NotFoundError, "taskFailedOrNotFound"),
-        (None, error_body("taskCancelled"), NotFoundError, "taskCancelled"),
-        (404, None, RequestRejected, "notFound"),  # a bare 404 never means "task unknown"
-        (400, error_body("invalidWidth"), RequestRejected, "invalidWidth"),
-        (400, error_body("missingPositivePrompt"), RequestRejected, "missingPositivePrompt"),
-        (400, error_body("unsupportedParameter"), RequestRejected, "unsupportedParameter"),
-        (400, error_body("conflictTaskUUID"), RequestRejected, "conflictTaskUUID"),
-        (400, error_body("duplicatePreloadModelAIR"), RequestRejected, "duplicatePreloadModelAIR"),
-        (400, error_body("unknownModel"), RequestRejected, "unknownModel"),
-        (422, error_body("somethingNew"), RequestRejected, "somethingNew"),
-        (400, None, RequestRejected, "http400"),
-        (429, error_body("rateLimitExceeded"), RateLimited, "rateLimitExceeded"),
-        (400, error_body("userRateLimit"), RateLimited, "userRateLimit"),
-        (429, None, RateLimited, "rateLimitExceeded"),
-        (400, error_body("timeoutProvider"), TransientError, "timeoutProvider"),
-        (200, error_body("inferenceError"), TransientError, "inferenceError"),
-        (400, error_body("noAvailableServer"), TransientError, "noAvailableServer"),
-        (500, error_body("internalServerError"), TransientError, "internalServerError"),
-        (500, None, TransientError, "serverError"),
-        (503, {"errors": []}, TransientError, "serverError"),
-        (504, error_body("whatever"), TransientError, "whatever"),
-        (408, None, TransientError, "requestTimeout"),
-        (
-            None,
-            {"status": "error", "error": {"code": "promptBlocked"}},
-            SafetyError,
-            "promptBlocked",
-        ),
-        (None, error_body("taskFailed"), ApiError, "taskFailed"),
-    ],
-)
-def test_classify_table(
-    status: int | None, body: dict[str, Any] | None, cls: type[ApiError], code: str
-) -> None:
-    err = classify(status, body)
-    assert type(err) is cls
-    assert err.code == code
-    assert err.status == status
-    assert "\n" not in str(err) and str(err).startswith(code)
-
-
-def test_classify_fields_and_message() -> None:
-    body = {
-        "data": [],
-        "errors": [
-            {
-                "code": "invalidDimensions",
-                "message": "Invalid value for\n'width' parameter.",
-                "parameter": ["width", "height", "referenceImages"],
-                "type": "integer",
-                "min": 256,
-                "max": 16383,
-                "allowedValues": {"1": "1184x896", "0": "1024x1024", "10": "x", "2": "1248x832"},
-                "taskType": "imageInference",
-                "taskUUID": "t-1",
-            }
-        ],
-    }
-    err = classify(400, body)
-    assert isinstance(err, RequestRejected)
-    assert err.parameter == ["width", "height", "referenceImages"]
-    assert err.body["allowedValues"] == ["1024x1024", "1184x896", "1248x832", "x"]
-    assert (err.body["min"], err.body["max"]) == (256, 16383)
-    assert err.task_uuid == "t-1"
-    assert str(err) == (
-        "invalidDimensions: Invalid value for 'width' parameter. "
-        "[width, height, referenceImages] (HTTP 400)"
-    )
-    aspect = classify(400, error_body("invalidSize", allowedValues={"1:1": "1024x1024"}))
-    assert aspect.body["allowedValues"] == {"1:1": "1024x1024"}
-    listed = classify(400, error_body("invalidCreativity", allowedValues=["raw", "low"]))
-    assert listed.body["allowedValues"] == ["raw", "low"]
-    assert classify(400, error_body("invalidWidth", parameter="width")).parameter == "width"
-
-
-def test_classify_picks_the_error_of_the_task_and_non_json() -> None:
-    body = {
-        "errors": [
-            {"code": "invalidWidth", "taskUUID": "a"},
-            {"code": "invalidHeight", "taskUUID": "b"},
-        ]
-    }
-    assert classify(400, body, task_uuid="b").code == "invalidHeight"
-    html = classify(500, None, text="<html>internal   error</html>")
-    assert isinstance(html, TransientError)
-    assert "<html>internal error</html>" in str(html)
-    limited = classify(429, error_body("rateLimitExceeded"), retry_after=3.0)
-    assert isinstance(limited, RateLimited) and limited.retry_after == 3.0
 
 
 # ------------------------------------------------------------------------------------------
