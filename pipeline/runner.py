@@ -516,6 +516,8 @@ def run_sweep(
         pool_size=runner_cfg.concurrency + 8,
         first_poll_s=api.first_poll_s,
         settle_s=api.settle_s,
+        backoff_base_s=api.backoff_base_s,
+        backoff_cap_s=api.backoff_cap_s,
     )
     try:
         runner = Runner(

@@ -516,7 +516,12 @@ def test_as_int_and_float(value: Any, as_i: int | None, as_f: float | None) -> N
 
 
 def test_result_index_sorts_unindexed_last() -> None:
-    items = [{"resultIndex": 2}, {}, {"resultIndex": "0"}, {"resultIndex": True}]
+    items: list[dict[str, Any]] = [
+        {"resultIndex": 2},
+        {},
+        {"resultIndex": "0"},
+        {"resultIndex": True},
+    ]
     assert [i.get("resultIndex") for i in sorted(items, key=result_index)][:2] == ["0", 2]
 
 
