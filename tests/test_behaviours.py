@@ -410,6 +410,7 @@ def run_matrix(tmp_path: Path, behaviour: dict[str, Any], *, delivery: str = "as
             "api.first_poll_s": 0.05,
             "api.settle_s": 0.2,
             "api.timeout_s": 5,
+            "api.backoff_base_s": 0.01,  # retries need not sleep through the real backoff
             "runner.concurrency": 4,
             "runner.max_retries": 6,
             "budget.max_usd": budget,
@@ -693,6 +694,7 @@ def test_outcome_unknown_cells_are_resolved_by_the_next_run(tmp_path: Path) -> N
             "api.first_poll_s": 0.05,
             "api.settle_s": 0.1,
             "runner.max_retries": 1,
+            "api.backoff_base_s": 0.01,  # retries need not sleep through the real backoff
             "store.dir": str(tmp_path / "store"),
         }
         emu.set_faults({"accepted_500": 0.5, "http_503": 0.5})
