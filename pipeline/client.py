@@ -171,7 +171,12 @@ def _duration(seconds: float) -> float:
 
 
 class Client:
-    """A thread-safe Runware client for one API key: prepare, generate, recover (see module doc)."""
+    """A thread-safe Runware client for one API key: prepare, generate, recover (see module doc).
+
+    ``session``: use this `requests.Session` (its owner closes it; ``close()`` does not).
+    ``transport``: mount this adapter for http:// and https:// (on ``session`` if given). With
+    neither, a pooled session of ``pool_size`` connections is built and closed by ``close()``.
+    """
 
     def __init__(
         self,
