@@ -137,6 +137,8 @@ class ApiConfig:
     poll_timeout_s: float = num(1200.0, 0.001, 86400)
     first_poll_s: float = num(1.0, 0, 3600)
     settle_s: float = num(2.0, 0, 3600)
+    backoff_base_s: float = num(0.5, 0, 60)
+    backoff_cap_s: float = num(30.0, 0, 3600)
     latency_s: float = num(0.0, 0, 3600)
     latency_sigma: float = num(0.0, 0, 10)
     fault_seed: int | None = num(None, 0, MAX_SEED)

@@ -210,6 +210,8 @@ def make_client(
         pool_size=runner_cfg.concurrency + 8,
         first_poll_s=api.first_poll_s,
         settle_s=api.settle_s,
+        backoff_base_s=api.backoff_base_s,
+        backoff_cap_s=api.backoff_cap_s,
     )
 
 

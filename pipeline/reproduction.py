@@ -21,13 +21,14 @@ from PIL import Image
 from pipeline import images, manifest, rundir
 from pipeline.errors import PipelineError
 from pipeline.progress import shown
+from pipeline.protocol import CLIENT_FIELDS
 from pipeline.selection import IMAGE_STATUSES, Recorded, Target, plain, records
 from pipeline.store import Store
 from pipeline.sweep import Cell, cell_id_of, is_local_file
 
 REPRODUCTIONS_DIR = "reproductions"
 RESULTS = ("identical", "different", "failed")
-_CLIENT_FIELDS = frozenset({"taskType", "taskUUID", "includeCost", "deliveryMethod"})
+_CLIENT_FIELDS = frozenset(CLIENT_FIELDS)
 
 
 @dataclass(frozen=True)

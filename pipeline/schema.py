@@ -24,13 +24,14 @@ from pipeline import models
 from pipeline.errors import UnknownModel, ValidationFailed
 from pipeline.images import image_input_problem
 from pipeline.models import Model
+from pipeline.protocol import CLIENT_FIELDS
 from pipeline.sweep import Cell, canonical_json, format_path, is_local_file
 
 # Placeholders for the per-attempt fields the client adds at send time.
 _ATTEMPT_FIELDS = {"taskType": "imageInference", "taskUUID": "00000000-0000-4000-8000-000000000000"}
 _FREE_FIELDS = ("positivePrompt", "seed")  # checked alone, left out of the memo key
 _EXAMPLES_PER_PROBLEM = 5
-_SET_BY_US = {"taskType", "taskUUID", "deliveryMethod", "includeCost"}  # not for a sweep to set
+_SET_BY_US = set(CLIENT_FIELDS)  # not for a sweep to set
 
 
 def model_of(request: dict[str, Any]) -> Model:

@@ -52,6 +52,8 @@ class ApiSettings:
     auto: bool = False  # the backend was chosen by api=auto (from whether a key is set)
     first_poll_s: float = 1.0  # no task polled sooner, before this run has seen a completion
     settle_s: float = 2.0  # how long a "not known" answer must last before a re-submit
+    backoff_base_s: float = 0.5  # retry k waits up to backoff_base_s × 2^k (full jitter) …
+    backoff_cap_s: float = 30.0  # … and at most this (a Retry-After: up to max(120 s, this))
     latency_sigma: float = 0.0  # emulator only: lognormal spread of the latency
     emulator: EmulatorBehaviour = field(default_factory=lambda: EmulatorBehaviour())
 
@@ -208,6 +210,12 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
         auto=auto,
         first_poll_s=_num({"first_poll_s": cfg.get("first_poll_s", 1.0)}, "first_poll_s", "api"),
         settle_s=_num({"settle_s": cfg.get("settle_s", 2.0)}, "settle_s", "api"),
+        backoff_base_s=_num(
+            {"backoff_base_s": cfg.get("backoff_base_s", 0.5)}, "backoff_base_s", "api"
+        ),
+        backoff_cap_s=_num(
+            {"backoff_cap_s": cfg.get("backoff_cap_s", 30.0)}, "backoff_cap_s", "api"
+        ),
         latency_sigma=_num(
             {"latency_sigma": cfg.get("latency_sigma", 0.0)}, "latency_sigma", "api"
         ),

@@ -69,20 +69,12 @@ import jsonschema
 
 from pipeline.errors import ConfigError
 from pipeline.images import read_reference
+from pipeline.protocol import CLIENT_DEFAULTS, CLIENT_FIELDS
 from pipeline.resources import SCHEMA_DIR
 
 SCHEMA_PATH = SCHEMA_DIR / "sweep.schema.json"
-PER_ATTEMPT_FIELDS: frozenset[str] = frozenset(
-    {
-        "taskType",
-        "taskUUID",
-        "deliveryMethod",
-        "includeCost",
-        "webhookURL",
-        "uploadEndpoint",
-        "ttl",
-        "outputType",
-    }
+PER_ATTEMPT_FIELDS = frozenset(
+    {*CLIENT_FIELDS, *CLIENT_DEFAULTS, "webhookURL", "uploadEndpoint", "ttl"}
 )
 SEED_MAX = 2**63 - 1
 DERIVED_SEED_RANGE = 2**32  # derived seeds stay in Runware's own default range (uint32)
@@ -103,12 +95,7 @@ _TEMPLATE_RE = re.compile(r"\{\{|\}\}|\{(" + _NAME + r")\}|[{}]")
 _SWEEP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _INT_RE = re.compile(r"[-+]?\d+\Z")
 _FLOAT_RE = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?\Z")
-_SET_BY_SWEEP = {
-    "taskUUID": "per-attempt: krea-sweep sets a fresh taskUUID for every attempt",
-    "taskType": "krea-sweep always sends taskType imageInference",
-    "includeCost": "krea-sweep always sends includeCost: true",
-    "deliveryMethod": "krea-sweep sets the delivery method (api.delivery), not the sweep",
-}
+_SET_BY_SWEEP = CLIENT_FIELDS  # the client sets them on every attempt (with why)
 _PROBE_LIMIT = 4096  # ancestor-value combinations probed per deep axis at load time
 _MAX_PER_AXIS = 3  # probe messages per axis before "… and more"
 _IE_LIMIT = 12  # exclude entries up to which the excluded count uses inclusion–exclusion

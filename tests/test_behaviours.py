@@ -17,8 +17,9 @@ import pytest
 import requests
 from runs import ledger, read_manifest, run_sweep_inprocess, seed_sweep
 
-from pipeline.client import Client, is_not_found
+from pipeline.client import Client
 from pipeline.emulator import Emulator
+from pipeline.protocol import CLIENT_DEFAULTS, CLIENT_FIELDS
 
 KEY = "test-key"
 
@@ -47,7 +48,7 @@ def post(emu: Emulator, tasks: list[dict[str, Any]]) -> requests.Response:
         return s.post(emu.base_url, json=tasks, headers={"Authorization": f"Bearer {KEY}"})
 
 
-PER_ATTEMPT = ("taskType", "taskUUID", "deliveryMethod", "includeCost", "outputType")
+PER_ATTEMPT = (*CLIENT_FIELDS, *CLIENT_DEFAULTS)
 REQUEST = {k: v for k, v in task().items() if k not in PER_ATTEMPT}
 
 
@@ -62,39 +63,6 @@ def client(emu: Emulator, **kw: Any) -> Client:
     }
     opts.update(kw)
     return Client(emu.base_url, KEY, **opts)
-
-
-# ------------------------------------------------------------------------------------------
-# not-found, as Runware's SDK reads it (a table against the SDK itself)
-
-CODES = [
-    "taskFailedOrNotFound",
-    "taskNotFound",
-    "taskExpired",
-    "taskCancelled",
-    "unknownModel",
-    "resultExpired",
-    "imageNotFound",
-    "tokenExpired",  # auth in the SDK, not "not found"
-    "authTimeout",
-    "insufficientCredits",
-    "conflictTaskUUID",
-    "invalidApiKey",
-    "timeoutProvider",
-    "internalServerError",
-    "rateLimitExceeded",
-    "contentPolicyViolation",
-    "notFound",
-    "creditsExpired",
-    "",
-]
-
-
-@pytest.mark.parametrize("code", CODES)
-def test_not_found_matches_runware_sdk(code: str) -> None:
-    from runware.errors import derive_code
-
-    assert is_not_found(code) == (derive_code(code) == "notFound"), code
 
 
 # ------------------------------------------------------------------------------------------
@@ -442,6 +410,7 @@ def run_matrix(tmp_path: Path, behaviour: dict[str, Any], *, delivery: str = "as
             "api.first_poll_s": 0.05,
             "api.settle_s": 0.2,
             "api.timeout_s": 5,
+            "api.backoff_base_s": 0.01,  # retries need not sleep through the real backoff
             "runner.concurrency": 4,
             "runner.max_retries": 6,
             "budget.max_usd": budget,
@@ -725,6 +694,7 @@ def test_outcome_unknown_cells_are_resolved_by_the_next_run(tmp_path: Path) -> N
             "api.first_poll_s": 0.05,
             "api.settle_s": 0.1,
             "runner.max_retries": 1,
+            "api.backoff_base_s": 0.01,  # retries need not sleep through the real backoff
             "store.dir": str(tmp_path / "store"),
         }
         emu.set_faults({"accepted_500": 0.5, "http_503": 0.5})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email.utils
 import io
 import socket
@@ -17,15 +18,14 @@ from typing import Any
 import pytest
 import requests
 from PIL import Image
+from requests.adapters import HTTPAdapter
 
-from pipeline.client import Client, Generation, classify
+from pipeline.client import Client, Generation
 from pipeline.errors import (
     ApiError,
     AuthError,
     ConfigError,
     CreditsError,
-    NotFoundError,
-    RateLimited,
     RequestRejected,
     SafetyError,
     TransientError,
@@ -128,115 +128,6 @@ def inference_uuids(srv: ScriptedServer) -> list[str]:
         for t in r.tasks
         if t.get("taskType") == "imageInference"
     ]
-
-
-# ------------------------------------------------------------------------------------------
-# classify: a pure table
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "cls", "code"),
-    [
-        (401, error_body("invalidApiKey", "Invalid API key"), AuthError, "invalidApiKey"),
-        (400, error_body("missingApiKey"), AuthError, "missingApiKey"),
-        (401, None, AuthError, "unauthorized"),
-        (403, {"errors": [{"code": "permissionDenied"}]}, AuthError, "permissionDenied"),
-        (402, error_body("insufficientCredits"), CreditsError, "insufficientCredits"),
-        (400, error_body("insufficientCredits"), CreditsError, "insufficientCredits"),
-        (400, error_body("accountBalanceTooLow"), CreditsError, "accountBalanceTooLow"),
-        (429, error_body("monthlyQuotaExceeded"), CreditsError, "monthlyQuotaExceeded"),
-        (400, error_body("paymentRequired"), CreditsError, "paymentRequired"),
-        (402, None, CreditsError, "paymentRequired"),
-        (400, error_body("contentPolicyViolation"), SafetyError, "contentPolicyViolation"),
-        (200, error_body("nsfwContentDetected"), SafetyError, "nsfwContentDetected"),
-        (400, error_body("taskFailedOrNotFound"), NotFoundError, "taskFailedOrNotFound"),
-        (None, error_body("taskCancelled"), NotFoundError, "taskCancelled"),
-        (404, None, RequestRejected, "notFound"),  # a bare 404 never means "task unknown"
-        (400, error_body("invalidWidth"), RequestRejected, "invalidWidth"),
-        (400, error_body("missingPositivePrompt"), RequestRejected, "missingPositivePrompt"),
-        (400, error_body("unsupportedParameter"), RequestRejected, "unsupportedParameter"),
-        (400, error_body("conflictTaskUUID"), RequestRejected, "conflictTaskUUID"),
-        (400, error_body("duplicatePreloadModelAIR"), RequestRejected, "duplicatePreloadModelAIR"),
-        (400, error_body("unknownModel"), RequestRejected, "unknownModel"),
-        (422, error_body("somethingNew"), RequestRejected, "somethingNew"),
-        (400, None, RequestRejected, "http400"),
-        (429, error_body("rateLimitExceeded"), RateLimited, "rateLimitExceeded"),
-        (400, error_body("userRateLimit"), RateLimited, "userRateLimit"),
-        (429, None, RateLimited, "rateLimitExceeded"),
-        (400, error_body("timeoutProvider"), TransientError, "timeoutProvider"),
-        (200, error_body("inferenceError"), TransientError, "inferenceError"),
-        (400, error_body("noAvailableServer"), TransientError, "noAvailableServer"),
-        (500, error_body("internalServerError"), TransientError, "internalServerError"),
-        (500, None, TransientError, "serverError"),
-        (503, {"errors": []}, TransientError, "serverError"),
-        (504, error_body("whatever"), TransientError, "whatever"),
-        (408, None, TransientError, "requestTimeout"),
-        (
-            None,
-            {"status": "error", "error": {"code": "promptBlocked"}},
-            SafetyError,
-            "promptBlocked",
-        ),
-        (None, error_body("taskFailed"), ApiError, "taskFailed"),
-    ],
-)
-def test_classify_table(
-    status: int | None, body: dict[str, Any] | None, cls: type[ApiError], code: str
-) -> None:
-    err = classify(status, body)
-    assert type(err) is cls
-    assert err.code == code
-    assert err.status == status
-    assert "\n" not in str(err) and str(err).startswith(code)
-
-
-def test_classify_fields_and_message() -> None:
-    body = {
-        "data": [],
-        "errors": [
-            {
-                "code": "invalidDimensions",
-                "message": "Invalid value for\n'width' parameter.",
-                "parameter": ["width", "height", "referenceImages"],
-                "type": "integer",
-                "min": 256,
-                "max": 16383,
-                "allowedValues": {"1": "1184x896", "0": "1024x1024", "10": "x", "2": "1248x832"},
-                "taskType": "imageInference",
-                "taskUUID": "t-1",
-            }
-        ],
-    }
-    err = classify(400, body)
-    assert isinstance(err, RequestRejected)
-    assert err.parameter == ["width", "height", "referenceImages"]
-    assert err.body["allowedValues"] == ["1024x1024", "1184x896", "1248x832", "x"]
-    assert (err.body["min"], err.body["max"]) == (256, 16383)
-    assert err.task_uuid == "t-1"
-    assert str(err) == (
-        "invalidDimensions: Invalid value for 'width' parameter. "
-        "[width, height, referenceImages] (HTTP 400)"
-    )
-    aspect = classify(400, error_body("invalidSize", allowedValues={"1:1": "1024x1024"}))
-    assert aspect.body["allowedValues"] == {"1:1": "1024x1024"}
-    listed = classify(400, error_body("invalidCreativity", allowedValues=["raw", "low"]))
-    assert listed.body["allowedValues"] == ["raw", "low"]
-    assert classify(400, error_body("invalidWidth", parameter="width")).parameter == "width"
-
-
-def test_classify_picks_the_error_of_the_task_and_non_json() -> None:
-    body = {
-        "errors": [
-            {"code": "invalidWidth", "taskUUID": "a"},
-            {"code": "invalidHeight", "taskUUID": "b"},
-        ]
-    }
-    assert classify(400, body, task_uuid="b").code == "invalidHeight"
-    html = classify(500, None, text="<html>internal   error</html>")
-    assert isinstance(html, TransientError)
-    assert "<html>internal error</html>" in str(html)
-    limited = classify(429, error_body("rateLimitExceeded"), retry_after=3.0)
-    assert isinstance(limited, RateLimited) and limited.retry_after == 3.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -716,6 +607,107 @@ def test_sync_lost_response_is_not_paid_twice(srv: ScriptedServer, sync_client: 
         "imageInference",
         "getResponse",
     ]
+
+
+# ------------------------------------------------------------------------------------------
+# a session or a transport of the caller's; the backoff from config (issue 13)
+
+
+class CountingAdapter(HTTPAdapter):
+    """A transport that records what goes through it (then sends it for real)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_retries=0)
+        self.sent: list[str] = []
+
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        self.sent.append(f"{request.method} {request.url}")
+        return super().send(request, *args, **kwargs)
+
+
+def test_a_transport_carries_every_request(srv: ScriptedServer) -> None:
+    task_uuid = tid()
+    srv.reply(Reply(200, ack(task_uuid)), Reply(200, ok(item(task_uuid, status="success"))))
+    transport = CountingAdapter()
+    with make_client(srv.base_url, transport=transport) as c:
+        gen = c.generate(REQUEST, task_uuid)
+    assert len(gen.images) == 1
+    assert (
+        transport.sent
+        == [f"POST {srv.base_url}"] * 2
+        == [f"POST {srv.base_url}"] * len(srv.posts())
+    )
+
+
+class OwnSession(requests.Session):
+    """A caller's session that counts its close() calls."""
+
+    closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+        super().close()
+
+
+def test_a_session_is_used_and_left_open(srv: ScriptedServer) -> None:
+    task_uuid = tid()
+    srv.reply(Reply(200, ack(task_uuid)), Reply(200, ok(item(task_uuid, status="success"))))
+    session = OwnSession()
+    session.headers["X-Caller"] = "tests"
+    with make_client(srv.base_url, session=session) as c:
+        c.generate(REQUEST, task_uuid)
+    assert [r.headers.get("X-Caller") for r in srv.posts()] == ["tests", "tests"]
+    assert all(r.headers.get("Authorization") == f"Bearer {KEY}" for r in srv.posts())
+    assert session.closes == 0  # the client's close() leaves a session it was given to its owner
+    session.close()
+
+
+def test_a_session_and_a_transport_together(srv: ScriptedServer) -> None:
+    srv.fallback = lambda req: Reply(200, {"data": []})
+    transport = CountingAdapter()
+    with (
+        requests.Session() as session,
+        make_client(srv.base_url, session=session, transport=transport) as c,
+    ):
+        assert c.recover(tid()) is None  # one lookup (settle_s=0): "not known"
+    assert len(transport.sent) == len(srv.posts()) == 1
+
+
+def test_backoff_is_reachable_from_config() -> None:
+    from conftest import compose_config
+
+    from pipeline import client, config
+    from pipeline.settings import api_settings
+
+    defaults = api_settings(compose_config("run", ["api=emulator"])["api"])
+    assert (defaults.backoff_base_s, defaults.backoff_cap_s) == (
+        client.BACKOFF_BASE_S,
+        client.BACKOFF_CAP_S,
+    )
+    short = compose_config(
+        "run", ["api=emulator", "api.backoff_base_s=0.01", "api.backoff_cap_s=0.05"]
+    )
+    api = api_settings(short["api"])
+    assert (api.backoff_base_s, api.backoff_cap_s) == (0.01, 0.05)
+    ranges = {f.name: f.metadata.get("range") for f in dataclasses.fields(config.ApiConfig)}
+    assert ranges["backoff_base_s"] == (0, 60) and ranges["backoff_cap_s"] == (0, 3600)
+    with pytest.raises(ConfigError, match=r"api\.backoff_cap_s"):
+        api_settings({**short["api"], "backoff_cap_s": -1})
+
+
+def test_the_backoff_bounds_the_wait_between_retries(srv: ScriptedServer) -> None:
+    """backoff_cap_s=0: re-submits after a 429 follow at once; base 30 s uncapped would wait."""
+    task_uuid = tid()
+    srv.reply(Reply(429), Reply(429), Reply(429), Reply(200, ok(item(task_uuid, status="success"))))
+    with make_client(
+        srv.base_url, delivery="sync", backoff_base_s=30.0, backoff_cap_s=0.0, max_retries=3
+    ) as c:
+        gen = c.generate(REQUEST, task_uuid)
+    assert gen.attempts == 4 and c.stats()["resubmits"] == 3
+    at = [r.at for r in srv.posts()]
+    assert at[-1] - at[0] < 10.0  # even the first uncapped wait would be up to 30 s
 
 
 # ------------------------------------------------------------------------------------------

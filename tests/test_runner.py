@@ -157,7 +157,7 @@ def test_a_failed_cell_is_a_row_not_a_crash(tmp_path: Path) -> None:
             seed_sweep(3),
             tmp_path / "run",
             **_emulator_edits(emu),
-            **{"runner.max_retries": 1},
+            **{"runner.max_retries": 1, "api.backoff_base_s": 0.01, "api.backoff_cap_s": 0.05},
         )
     frame = read_manifest(tmp_path / "run")
     assert code == 1
