@@ -7,7 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -80,8 +80,14 @@ def emulator() -> Iterator[Any]:
         yield emu
 
 
+class StartEmulator(Protocol):
+    """The `standalone_emulator` fixture: start one emulator process → (base URL, ledger)."""
+
+    def __call__(self, latency_s: float = 0.0) -> tuple[str, Path]: ...
+
+
 @pytest.fixture
-def standalone_emulator(tmp_path: Path) -> Iterator[Any]:
+def standalone_emulator(tmp_path: Path) -> Iterator[StartEmulator]:
     """Start `python -m pipeline.emulator` processes: `start(latency_s)` → (base URL, ledger)."""
     procs: list[subprocess.Popen[str]] = []
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 from PIL import Image
+from scripted_server import Recorded, Reply, ScriptedServer, ack, error_body, ok
 
 from pipeline.client import Client, Generation, classify
 from pipeline.errors import (
@@ -30,7 +31,6 @@ from pipeline.errors import (
     SafetyError,
     TransientError,
 )
-from tests.scripted_server import Recorded, Reply, ScriptedServer, ack, error_body, ok
 
 KEY = "test-key-123"
 REQUEST: dict[str, Any] = {

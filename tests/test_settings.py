@@ -14,6 +14,7 @@ from pipeline.settings import api_key, api_settings, is_loopback
 
 def _api(name: str, **overrides: Any) -> dict[str, Any]:
     api = compose_config("run", [f"api={name}"])["api"]
+    assert isinstance(api, dict)
     api.update(overrides)
     return api
 
