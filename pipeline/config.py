@@ -408,6 +408,7 @@ def safe_name(sweep: Any) -> str:
 
 
 OmegaConf.register_new_resolver("krea_name", safe_name, replace=True)
+OmegaConf.register_new_resolver("krea_readme", helptext.readme, replace=True)  # --help pages
 
 
 class CheckConfig(Callback):
