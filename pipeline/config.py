@@ -186,7 +186,7 @@ class BudgetConfig:
 
 @dataclass
 class StoreConfig:
-    """`store`: where finished cells are kept (null: KREA_SWEEP_STORE, else the user data dir)."""
+    """`store`: where finished cells are kept (null: see `settings.store_location`)."""
 
     dir: str | None = None
 

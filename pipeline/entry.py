@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline import config
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.resources import CONF_DIR as CONF_DIR  # re-exported for the entry points
+from pipeline.settings import APP_NAME
 
 EXIT_CODE_FILE = "exit_code"  # in each multirun job's run dir: that job's exit code
 _multirun_dirs: list[Path] = []  # sweep dirs of the multiruns this process launched
@@ -126,7 +127,7 @@ def sweep_links_root() -> Path:
     """
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("krea-sweep")) / "sweep-files"
+    return Path(platformdirs.user_cache_dir(APP_NAME)) / "sweep-files"
 
 
 def sweep_file_overrides(args: list[str], links: Path) -> list[str]:

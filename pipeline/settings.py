@@ -306,6 +306,7 @@ def shard_of(cfg: dict[str, Any]) -> tuple[int, int]:
     return index, count
 
 
+APP_NAME = "krea-sweep"  # names the user's data dir (the default store) and cache dir
 STORE_ENV = "KREA_SWEEP_STORE"  # environment variable naming the store folder
 OLD_STORE = Path("outputs") / ".store"  # the old default store, relative to the current folder
 
@@ -334,7 +335,7 @@ def store_location(cfg: dict[str, Any], environ: dict[str, str] | None = None) -
     import platformdirs
 
     return StoreLocation(
-        Path(platformdirs.user_data_dir("krea-sweep", appauthor=False)) / "store", "user data dir"
+        Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "store", "user data dir"
     )
 
 
