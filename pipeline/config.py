@@ -17,7 +17,6 @@ import re
 import sys
 import typing
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -26,61 +25,16 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pipeline import helptext, yamlsafe
 from pipeline.errors import ConfigError
-from pipeline.settings import FAULT_NAMES
-
-# ---------------------------------------------------------------------------------------------
-# Choices (Enum fields are checked by OmegaConf when the config is composed)
-
-
-class Backend(Enum):
-    """Which API a command talks to."""
-
-    auto = "auto"
-    runware = "runware"
-    emulator = "emulator"
-
-
-class OutputType(Enum):
-    """Runware's outputType."""
-
-    base64Data = "base64Data"
-    dataURI = "dataURI"
-    URL = "URL"
-
-
-class Progress(Enum):
-    """How a run shows its progress."""
-
-    auto = "auto"
-    bar = "bar"
-    log = "log"
-    none = "none"
-
-
-class PriceCheck(Enum):
-    """Whether billed costs are checked against the price table while running."""
-
-    auto = "auto"
-    on = "on"
-    off = "off"
-
-
-class UnknownTask(Enum):
-    """What the emulator answers to getResponse of a taskUUID it never saw."""
-
-    empty = "empty"
-    taskFailedOrNotFound = "taskFailedOrNotFound"
-    taskNotFound = "taskNotFound"
-    taskExpired = "taskExpired"
-
-
-class RepeatedTask(Enum):
-    """What the emulator does with a second imageInference of a known taskUUID."""
-
-    conflict = "conflict"
-    replay = "replay"
-    charge = "charge"
-
+from pipeline.settings import (
+    CREDITS_STATUS,
+    FAULT_NAMES,
+    Backend,
+    OutputType,
+    PriceCheck,
+    Progress,
+    RepeatedTask,
+    UnknownTask,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Schema. Every number has a range (checked when the config is composed, before anything runs).
@@ -116,7 +70,7 @@ class EmulatorConfig:
     repeated_task: RepeatedTask = RepeatedTask.conflict
     sync_pollable: bool = False
     task_details: bool = True
-    credits_status: int = field(default=402, metadata={"choices": (402, 400)})
+    credits_status: int = field(default=402, metadata={"choices": CREDITS_STATUS})
     price_factor: float = num(1.0, 0, 100)
 
 
