@@ -10,9 +10,16 @@ import yaml
 from conftest import CONF, SWEEPS, compose_config
 from omegaconf import OmegaConf
 
-from pipeline.config import RunConfig, check_keys
+from pipeline.config import EmulatorConfig, RunConfig, check_keys
 from pipeline.errors import ConfigError
-from pipeline.settings import FAULT_NAMES, api_key, api_settings, is_loopback
+from pipeline.settings import (
+    FAULT_NAMES,
+    ApiSettings,
+    EmulatorBehaviour,
+    api_key,
+    api_settings,
+    is_loopback,
+)
 
 
 def _api(name: str, **overrides: Any) -> dict[str, Any]:
@@ -199,3 +206,16 @@ def test_each_fault_name_is_one_typed_key_with_its_range_and_documented() -> Non
         node.api.faults[name] = 0.0
     documented = yaml.safe_load((CONF / "api" / "emulator.yaml").read_text())["faults"]
     assert set(documented) == set(FAULT_NAMES)
+
+
+def test_the_emulator_behaviours_and_their_defaults_agree_in_schema_yaml_and_settings() -> None:
+    # The typed schema (config.EmulatorConfig), conf/api/emulator.yaml and the pure settings
+    # (settings.EmulatorBehaviour) each list the emulator's behaviours: same names, same defaults.
+    defaults = EmulatorBehaviour().kwargs()
+    schema = OmegaConf.to_container(OmegaConf.structured(EmulatorConfig), enum_to_str=True)
+    assert schema == defaults
+    composed = compose_config("run", ["api=emulator"])["api"]
+    assert composed["emulator"] == defaults
+    assert api_settings(composed, {}).emulator == EmulatorBehaviour()
+    for name in ("first_poll_s", "settle_s", "latency_sigma"):  # ApiSettings' own defaults
+        assert composed[name] == getattr(ApiSettings, name), name
