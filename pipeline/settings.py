@@ -278,16 +278,10 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
         ledger=str(cfg["ledger"]) if cfg.get("ledger") else None,
         faults={k: float(v) for k, v in faults.items() if v},  # zero rates: no such fault
         auto=auto,
-        first_poll_s=_num(
-            {"first_poll_s": cfg.get("first_poll_s", ApiSettings.first_poll_s)},
-            "first_poll_s",
-            "api",
-        ),
-        settle_s=_num({"settle_s": cfg.get("settle_s", ApiSettings.settle_s)}, "settle_s", "api"),
+        first_poll_s=_num({"first_poll_s": cfg.get("first_poll_s", 1.0)}, "first_poll_s", "api"),
+        settle_s=_num({"settle_s": cfg.get("settle_s", 2.0)}, "settle_s", "api"),
         latency_sigma=_num(
-            {"latency_sigma": cfg.get("latency_sigma", ApiSettings.latency_sigma)},
-            "latency_sigma",
-            "api",
+            {"latency_sigma": cfg.get("latency_sigma", 0.0)}, "latency_sigma", "api"
         ),
         emulator=behaviour,
     )
