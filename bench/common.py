@@ -94,8 +94,10 @@ def emulator_process(
                 proc.stdout.close()
 
 
-def seed_sweep(n: int, *, name: str = "bench") -> dict[str, Any]:
-    """A sweep of `n` Krea 2 Large cells that differ only by seed (0 … n-1)."""
+def seed_sweep(
+    n: int, *, name: str = "bench", number_results: int = 1, **base: Any
+) -> dict[str, Any]:
+    """A sweep of `n` Krea 2 Large cells that differ only by seed (0 … n-1); the tests' too."""
     return {
         "name": name,
         "base": {
@@ -103,7 +105,8 @@ def seed_sweep(n: int, *, name: str = "bench") -> dict[str, Any]:
             "positivePrompt": "a lighthouse on a cliff at dusk",
             "width": 1024,
             "height": 1024,
-            "numberResults": 1,
+            "numberResults": number_results,
+            **base,
         },
         "seeds": {"count": n, "start": 0},
     }

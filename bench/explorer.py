@@ -54,7 +54,7 @@ def make_run(run_dir: Path, images: int) -> int:
     frame = synthetic_manifest(images, seed=11)
     bases = base_jpegs(BASES)
     written = 0
-    shas = []
+    shas: list[str | None] = []
     (run_dir / "images").mkdir(parents=True)
     for k, rel in enumerate(frame["image_path"].astype(object).tolist()):
         if not isinstance(rel, str):

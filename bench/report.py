@@ -30,6 +30,7 @@ LEVELS = ["raw", "low", "medium", "high"]
 STRENGTHS = [-1.0, -0.5, 0.0, 0.5, 1.0]
 SIZES = [(1024, 1024), (1376, 768)]
 CODES = ["timeout", "http_503", "http_500", "missingResults", "invalidPositivePrompt"]
+NONE = np.array(None, dtype=object)  # a missing value np.where can broadcast (and mypy accepts)
 
 
 def _column(values: Any, rows: int, dtype: str) -> Any:
@@ -60,7 +61,7 @@ def synthetic_manifest(rows: int, seed: int = 7) -> pd.DataFrame:
     end = start + pd.to_timedelta(np.nan_to_num(latency), unit="s")
     iso = "%Y-%m-%dT%H:%M:%S.%fZ"
     cell_id = np.array([f"{k:020x}" for k in rng.integers(0, 2**62, rows)], dtype=object)
-    code = np.where(failed, np.array(CODES, dtype=object)[i % len(CODES)], None)
+    code = np.where(failed, np.array(CODES, dtype=object)[i % len(CODES)], NONE)
     prompt = np.array([f"a lighthouse on a cliff at dusk, {s}" for s in STYLES], dtype=object)
     data: dict[str, Any] = {
         "cell_id": cell_id,
@@ -76,18 +77,18 @@ def synthetic_manifest(rows: int, seed: int = 7) -> pd.DataFrame:
         "reference_count": np.ones(rows, dtype=int),
         "vars.style": style,
         "inputs.referenceImages[0].strength": strength,
-        "task_uuid": np.where(cached, None, cell_id),
-        "image_uuid": np.where(failed, None, cell_id),
-        "image_path": np.where(failed, None, "images/" + cell_id + "-0.jpg"),
-        "image_sha256": np.where(failed, None, "ab" * 32),
+        "task_uuid": np.where(cached, NONE, cell_id),
+        "image_uuid": np.where(failed, NONE, cell_id),
+        "image_path": np.where(failed, NONE, "images/" + cell_id + "-0.jpg"),
+        "image_sha256": np.where(failed, NONE, "ab" * 32),
         "cost_usd": cost,
         "estimated_cost_usd": estimate,
         "original_cost_usd": np.where(failed, np.nan, estimate),
         "attempts": np.where(cached, 0, 1),
         "latency_s": latency,
         "error_code": code,
-        "error_message": np.where(failed, "the request failed: " + code.astype(str), None),
-        "submitted_at": np.where(cached, None, start.strftime(iso).to_numpy()),
+        "error_message": np.where(failed, "the request failed: " + code.astype(str), NONE),
+        "submitted_at": np.where(cached, NONE, start.strftime(iso).to_numpy()),
         "finished_at": end.strftime(iso).to_numpy(),
         "backend": "emulator",
         "model": "krea:krea@2-large",

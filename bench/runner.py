@@ -87,7 +87,7 @@ def profile_once(url: str, images: int, concurrency: int, out: Path) -> dict[str
         result = run_once(url, images, concurrency, "async")
     finally:
         profiles[0].disable()
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
     stats = pstats.Stats(profiles[0])
     for prof in profiles[1:]:
         stats.add(prof)

@@ -17,7 +17,6 @@ import re
 import sys
 import typing
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -26,60 +25,16 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pipeline import helptext, yamlsafe
 from pipeline.errors import ConfigError
-
-# ---------------------------------------------------------------------------------------------
-# Choices (Enum fields are checked by OmegaConf when the config is composed)
-
-
-class Backend(Enum):
-    """Which API a command talks to."""
-
-    auto = "auto"
-    runware = "runware"
-    emulator = "emulator"
-
-
-class OutputType(Enum):
-    """Runware's outputType."""
-
-    base64Data = "base64Data"
-    dataURI = "dataURI"
-    URL = "URL"
-
-
-class Progress(Enum):
-    """How a run shows its progress."""
-
-    auto = "auto"
-    bar = "bar"
-    log = "log"
-    none = "none"
-
-
-class PriceCheck(Enum):
-    """Whether billed costs are checked against the price table while running."""
-
-    auto = "auto"
-    on = "on"
-    off = "off"
-
-
-class UnknownTask(Enum):
-    """What the emulator answers to getResponse of a taskUUID it never saw."""
-
-    empty = "empty"
-    taskFailedOrNotFound = "taskFailedOrNotFound"
-    taskNotFound = "taskNotFound"
-    taskExpired = "taskExpired"
-
-
-class RepeatedTask(Enum):
-    """What the emulator does with a second imageInference of a known taskUUID."""
-
-    conflict = "conflict"
-    replay = "replay"
-    charge = "charge"
-
+from pipeline.settings import (
+    CREDITS_STATUS,
+    FAULT_NAMES,
+    Backend,
+    OutputType,
+    PriceCheck,
+    Progress,
+    RepeatedTask,
+    UnknownTask,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Schema. Every number has a range (checked when the config is composed, before anything runs).
@@ -93,18 +48,17 @@ def num(default: float | None, low: float, high: float) -> Any:
 MAX_SEED = 2**63 - 1
 
 
-@dataclass
-class FaultsConfig:
-    """`api.faults`: probability of each injected emulator fault per POST."""
-
-    http_429: float = num(0.0, 0, 1)
-    http_500: float = num(0.0, 0, 1)
-    http_503: float = num(0.0, 0, 1)
-    http_504: float = num(0.0, 0, 1)
-    disconnect: float = num(0.0, 0, 1)
-    stall: float = num(0.0, 0, 1)
-    accepted_500: float = num(0.0, 0, 1)
-    accepted_disconnect: float = num(0.0, 0, 1)
+if typing.TYPE_CHECKING:
+    FaultsConfig = Any  # its fields are made at run time, which mypy cannot follow
+else:
+    FaultsConfig = dataclasses.make_dataclass(
+        "FaultsConfig",
+        [(name, float, num(0.0, 0, 1)) for name in FAULT_NAMES],  # one field per fault name
+        namespace={
+            "__doc__": "`api.faults`: probability of each injected fault per POST.",
+            "__module__": __name__,
+        },
+    )
 
 
 @dataclass
@@ -116,7 +70,7 @@ class EmulatorConfig:
     repeated_task: RepeatedTask = RepeatedTask.conflict
     sync_pollable: bool = False
     task_details: bool = True
-    credits_status: int = field(default=402, metadata={"choices": (402, 400)})
+    credits_status: int = field(default=402, metadata={"choices": CREDITS_STATUS})
     price_factor: float = num(1.0, 0, 100)
 
 
@@ -188,7 +142,7 @@ class BudgetConfig:
 
 @dataclass
 class StoreConfig:
-    """`store`: where finished cells are kept (null: KREA_SWEEP_STORE, else the user data dir)."""
+    """`store`: where finished cells are kept (null: see `settings.store_location`)."""
 
     dir: str | None = None
 
@@ -410,6 +364,7 @@ def safe_name(sweep: Any) -> str:
 
 
 OmegaConf.register_new_resolver("krea_name", safe_name, replace=True)
+OmegaConf.register_new_resolver("krea_readme", helptext.readme, replace=True)  # --help pages
 
 
 class CheckConfig(Callback):

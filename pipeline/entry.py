@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline import config
+from pipeline import config, settings
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.resources import CONF_DIR as CONF_DIR  # re-exported for the entry points
 from pipeline.rundir import EXIT_CODE_NAME
@@ -126,7 +126,7 @@ def sweep_links_root() -> Path:
     """
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("krea-sweep")) / "sweep-files"
+    return Path(platformdirs.user_cache_dir(settings.APP_NAME)) / "sweep-files"
 
 
 def sweep_file_overrides(args: list[str], links: Path) -> list[str]:

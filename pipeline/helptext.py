@@ -1,9 +1,29 @@
 """The `--help` pages of the three commands (Hydra `hydra/help` configs, registered in config.py).
 
-In a template, `$APP_CONFIG_GROUPS` lists the config groups and `$$` is a literal `$`.
+In a template, `$APP_CONFIG_GROUPS` lists the config groups and `$$` is a literal `$`;
+`${krea_readme:}` is where the README is (an OmegaConf resolver, so it is looked up on --help only).
 """
 
 from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+
+def readme() -> str:
+    """Where the README is: the checkout's README.md, or the METADATA of an installed wheel."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "README.md").is_file() and (checkout / "pyproject.toml").is_file():
+        return str(checkout / "README.md")
+    try:
+        files = metadata.distribution("krea-sweep").files or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.name == "METADATA" and file.parent.name.endswith(".dist-info"):
+            return f"{Path(str(file.locate()))} (its description is the README)"
+    return "README.md in krea-sweep's source"
+
 
 RUN = """\
 krea-run: expand a YAML sweep, validate every request against Krea 2 Large's schema, price
@@ -32,7 +52,8 @@ Examples:
 
 Config groups (group=option):
 $APP_CONFIG_GROUPS
-Every key and its value: krea-run --cfg job     Exit codes and more: README.md
+Every key and its value: krea-run --cfg job
+Exit codes and more: ${krea_readme:}
 """
 
 REPORT = """\

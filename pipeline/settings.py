@@ -24,9 +24,73 @@ FAULT_NAMES = (
     "disconnect",
     "stall",
 )
-UNKNOWN_TASK = ("empty", "taskFailedOrNotFound", "taskNotFound", "taskExpired")
-REPEATED_TASK = ("conflict", "replay", "charge")
-PRICE_CHECK = ("auto", "on", "off")
+
+# Choices: the typed schema's Enum fields (config.py; checked by OmegaConf as the config is
+# composed) and the checks below both take them from here.
+
+
+class Backend(Enum):
+    """Which API a command talks to."""
+
+    auto = "auto"
+    runware = "runware"
+    emulator = "emulator"
+
+
+class OutputType(Enum):
+    """Runware's outputType."""
+
+    base64Data = "base64Data"
+    dataURI = "dataURI"
+    URL = "URL"
+
+
+class Progress(Enum):
+    """How a run shows its progress."""
+
+    auto = "auto"
+    bar = "bar"
+    log = "log"
+    none = "none"
+
+
+class PriceCheck(Enum):
+    """Whether billed costs are checked against the price table while running."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class UnknownTask(Enum):
+    """What the emulator answers to getResponse of a taskUUID it never saw."""
+
+    empty = "empty"
+    taskFailedOrNotFound = "taskFailedOrNotFound"
+    taskNotFound = "taskNotFound"
+    taskExpired = "taskExpired"
+
+
+class RepeatedTask(Enum):
+    """What the emulator does with a second imageInference of a known taskUUID."""
+
+    conflict = "conflict"
+    replay = "replay"
+    charge = "charge"
+
+
+def _values(choices: type[Enum]) -> tuple[str, ...]:
+    """An Enum's values, in its order (the order error messages list them in)."""
+    return tuple(str(m.value) for m in choices)
+
+
+BACKENDS = _values(Backend)
+OUTPUT_TYPES = _values(OutputType)
+PROGRESS = _values(Progress)
+PRICE_CHECK = _values(PriceCheck)
+UNKNOWN_TASK = _values(UnknownTask)
+REPEATED_TASK = _values(RepeatedTask)
+CREDITS_STATUS = (402, 400)  # the emulator's status for an account out of credits (§11)
 RUNWARE_URL = "https://api.runware.ai/v1"
 
 
@@ -129,7 +193,7 @@ def _bool(cfg: dict[str, Any], key: str, where: str) -> bool:
 def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> ApiSettings:
     """Check the `api` node and resolve `backend: auto` from the environment."""
     env = dict(os.environ) if environ is None else environ
-    backend = _choice(cfg, "backend", "api", ("auto", "runware", "emulator"))
+    backend = _choice(cfg, "backend", "api", BACKENDS)
     auto = backend == "auto"
     key_env = str(cfg.get("key_env") or "RUNWARE_API_KEY")
     if auto:
@@ -159,8 +223,9 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
         raise ConfigError(f"api.emulator.{unknown_emu[0]} is not an emulator behaviour")
     defaults = EmulatorBehaviour()
     credits_status = emu.get("credits_status", defaults.credits_status)
-    if credits_status not in (402, 400) or isinstance(credits_status, bool):
-        raise ConfigError(f"api.emulator.credits_status must be 402 or 400, got {credits_status!r}")
+    if credits_status not in CREDITS_STATUS or isinstance(credits_status, bool):
+        allowed = " or ".join(str(c) for c in CREDITS_STATUS)
+        raise ConfigError(f"api.emulator.credits_status must be {allowed}, got {credits_status!r}")
     behaviour = EmulatorBehaviour(
         unknown_task=_choice(
             {"unknown_task": emu.get("unknown_task", defaults.unknown_task)},
@@ -169,7 +234,10 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
             UNKNOWN_TASK,
         ),
         queued_polls=_num(
-            {"queued_polls": emu.get("queued_polls", 0)}, "queued_polls", "api.emulator", kind=int
+            {"queued_polls": emu.get("queued_polls", defaults.queued_polls)},
+            "queued_polls",
+            "api.emulator",
+            kind=int,
         ),
         repeated_task=_choice(
             {"repeated_task": emu.get("repeated_task", defaults.repeated_task)},
@@ -178,14 +246,18 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
             REPEATED_TASK,
         ),
         sync_pollable=_bool(
-            {"sync_pollable": emu.get("sync_pollable", False)}, "sync_pollable", "api.emulator"
+            {"sync_pollable": emu.get("sync_pollable", defaults.sync_pollable)},
+            "sync_pollable",
+            "api.emulator",
         ),
         task_details=_bool(
-            {"task_details": emu.get("task_details", True)}, "task_details", "api.emulator"
+            {"task_details": emu.get("task_details", defaults.task_details)},
+            "task_details",
+            "api.emulator",
         ),
         credits_status=int(credits_status),
         price_factor=_num(
-            {"price_factor": emu.get("price_factor", 1.0)},
+            {"price_factor": emu.get("price_factor", defaults.price_factor)},
             "price_factor",
             "api.emulator",
             low=1e-6,
@@ -197,7 +269,7 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
         timeout_s=_num(cfg, "timeout_s", "api", low=0.001),
         connect_timeout_s=_num(cfg, "connect_timeout_s", "api", low=0.001),
         delivery=_choice(cfg, "delivery", "api", ("async", "sync")),
-        output_type=_choice(cfg, "output_type", "api", ("base64Data", "dataURI", "URL")),
+        output_type=_choice(cfg, "output_type", "api", OUTPUT_TYPES),
         upload_refs=_bool(cfg, "upload_refs", "api"),
         batch_polls=_bool(cfg, "batch_polls", "api"),
         poll_timeout_s=_num(cfg, "poll_timeout_s", "api", low=0.001),
@@ -278,7 +350,7 @@ def runner_settings(cfg: dict[str, Any]) -> RunnerSettings:
     return RunnerSettings(
         concurrency=max(1, _num(cfg, "concurrency", "runner", kind=int, low=1)),
         max_retries=_num(cfg, "max_retries", "runner", kind=int),
-        progress=_choice(cfg, "progress", "runner", ("auto", "bar", "log", "none")),
+        progress=_choice(cfg, "progress", "runner", PROGRESS),
         log_every=max(1, _num(cfg, "log_every", "runner", kind=int, low=1)),
         stop_grace_s=_num(cfg, "stop_grace_s", "runner"),
     )
@@ -314,6 +386,7 @@ def shard_of(cfg: dict[str, Any]) -> tuple[int, int]:
     return index, count
 
 
+APP_NAME = "krea-sweep"  # names the user's data dir (the default store) and cache dir
 STORE_ENV = "KREA_SWEEP_STORE"  # environment variable naming the store folder
 OLD_STORE = Path("outputs") / ".store"  # the old default store, relative to the current folder
 
@@ -342,7 +415,7 @@ def store_location(cfg: dict[str, Any], environ: dict[str, str] | None = None) -
     import platformdirs
 
     return StoreLocation(
-        Path(platformdirs.user_data_dir("krea-sweep", appauthor=False)) / "store", "user data dir"
+        Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "store", "user data dir"
     )
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -80,37 +80,47 @@ def emulator() -> Iterator[Any]:
         yield emu
 
 
-@pytest.fixture
-def standalone_emulator(tmp_path: Path) -> Iterator[Any]:
-    """Start `python -m pipeline.emulator` processes: `start(latency_s)` → (base URL, ledger)."""
-    procs: list[subprocess.Popen[str]] = []
+class StartEmulator(Protocol):
+    """The `standalone_emulator` fixture: start one emulator process → (base URL, ledger)."""
 
-    def start(latency_s: float = 0.0) -> tuple[str, Path]:
-        ledger = tmp_path / f"ledger-{len(procs)}.jsonl"
+    def __call__(self, latency_s: float = 0.0) -> tuple[str, Path]: ...
+
+
+class EmulatorProcesses:
+    """Standalone emulators (`python -m pipeline.emulator`), each with a ledger in `folder`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, *flags: str) -> tuple[str, Path]:
+        """One more emulator on a free loopback port, with `flags` → (base URL, ledger)."""
+        ledger = self.folder / f"ledger-{len(self.procs)}.jsonl"
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.emulator",
-                "--port",
-                "0",
-                "--latency",
-                str(latency_s),
-                "--ledger",
-                str(ledger),
-            ],
-            cwd=REPO,
-            env=cli_env(),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(proc)
+            [sys.executable, "-m", "pipeline.emulator", "--port", "0", "--ledger", str(ledger),
+             *flags],
+            cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.procs.append(proc)
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:"), url
         return url, ledger
 
+    def stop(self) -> None:
+        """Stop every emulator started."""
+        for proc in self.procs:
+            proc.terminate()
+            proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def standalone_emulator(tmp_path: Path) -> Iterator[StartEmulator]:
+    """Start `python -m pipeline.emulator` processes: `start(latency_s)` → (base URL, ledger)."""
+    emulators = EmulatorProcesses(tmp_path)
+
+    def start(latency_s: float = 0.0) -> tuple[str, Path]:
+        return emulators.start("--latency", str(latency_s))
+
     yield start
-    for proc in procs:
-        proc.terminate()
-        proc.communicate(timeout=10)
+    emulators.stop()

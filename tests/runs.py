@@ -10,25 +10,10 @@ from typing import Any
 import pandas as pd
 from conftest import compose_config
 
+from bench.common import seed_sweep as seed_sweep  # one sweep spec for tests and benchmarks
 from pipeline import manifest
 from pipeline.entry import JobContext
 from pipeline.run import run_job
-
-
-def seed_sweep(n: int, *, name: str = "t", number_results: int = 1, **base: Any) -> dict[str, Any]:
-    """A sweep of `n` cells that differ only by seed (0 … n-1)."""
-    return {
-        "name": name,
-        "base": {
-            "model": "krea:krea@2-large",
-            "positivePrompt": "a lighthouse on a cliff at dusk",
-            "width": 1024,
-            "height": 1024,
-            "numberResults": number_results,
-            **base,
-        },
-        "seeds": {"count": n, "start": 0},
-    }
 
 
 def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -19,6 +19,7 @@ import pytest
 import requests
 from PIL import Image
 from requests.adapters import HTTPAdapter
+from scripted_server import Recorded, Reply, ScriptedServer, ack, error_body, ok
 
 from pipeline.client import Client, Generation
 from pipeline.errors import (
@@ -30,7 +31,6 @@ from pipeline.errors import (
     SafetyError,
     TransientError,
 )
-from tests.scripted_server import Recorded, Reply, ScriptedServer, ack, error_body, ok
 
 KEY = "test-key-123"
 REQUEST: dict[str, Any] = {

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, cli_env, run_cli
+from conftest import REPO, EmulatorProcesses, cli_env, run_cli
 from runs import charges_by_seed, ledger
 
 from pipeline import manifest
@@ -58,25 +57,13 @@ def work() -> Iterator[Path]:
 @pytest.fixture
 def emulator(work: Path) -> Iterator[Emulator]:
     """One standalone emulator on 127.0.0.1 for all shards: `start(*flags)` → (url, ledger)."""
-    procs: list[subprocess.Popen[str]] = []
+    emulators = EmulatorProcesses(work)
 
     def start(*flags: str) -> tuple[str, Path]:
-        path = work / f"ledger-{len(procs)}.jsonl"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.emulator", "--port", "0", "--ledger", str(path),
-             "--latency", "0.05", *flags],
-            cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        procs.append(proc)
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:"), url
-        return url, path
+        return emulators.start("--latency", "0.05", *flags)
 
     yield start
-    for proc in procs:
-        proc.terminate()
-        proc.communicate(timeout=10)
+    emulators.stop()
 
 
 def sweep_args(url: str, seeds: int) -> list[str]:

@@ -8,10 +8,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import cli_env, run_cli
+from conftest import StartEmulator, cli_env, run_cli
 from runs import charges_by_seed, ledger, read_manifest, run_sweep_inprocess, seed_sweep
 
 from pipeline import images
@@ -21,7 +20,7 @@ CELLS = 40
 
 
 @pytest.fixture
-def standalone(standalone_emulator: Any) -> tuple[str, Path]:
+def standalone(standalone_emulator: StartEmulator) -> tuple[str, Path]:
     """A standalone emulator process with 0.3 s latency and a ledger: (url, ledger)."""
     return standalone_emulator(0.3)
 
@@ -143,7 +142,7 @@ def test_500_cells_under_faults_all_finish_with_one_charge_each(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_a_killed_reproduction_is_recovered_not_repaid(
-    tmp_path: Path, standalone_emulator: Any
+    tmp_path: Path, standalone_emulator: StartEmulator
 ) -> None:
     first = run_cli(
         "run", "sweep=seed_study", "sweep.seeds.count=3", "hydra.run.dir=orig", cwd=tmp_path

@@ -238,7 +238,9 @@ def test_a_foreign_parameters_text_and_xmp_are_kept() -> None:
     original = buf.getvalue()
     out = images.embed_recipe(original, "png", _recipe())
     assert images.strip_recipe(out) == original
-    assert images.read_recipe(out)["request"]["positivePrompt"] == "a lighthouse on a cliff at dusk"
+    recipe = images.read_recipe(out)
+    assert recipe is not None
+    assert recipe["request"]["positivePrompt"] == "a lighthouse on a cliff at dusk"
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])

@@ -67,6 +67,11 @@ def _use_from_empty_folder(bin_dir: Path, tmp: Path, installed_in: Path) -> None
     )
     assert where.stdout.startswith(str(installed_in)), where.stdout  # not the repo, not /work/main
 
+    helped = _run([str(bin_dir / "krea-run"), "--help"], work, env)  # names a README that exists
+    (line,) = [x for x in helped.stdout.splitlines() if x.startswith("Exit codes and more: ")]
+    readme = Path(line.removeprefix("Exit codes and more: ").split(" (")[0])
+    assert readme.is_file() and "### Exit codes" in readme.read_text(), line
+
     demo = _run([str(bin_dir / "krea-run"), "runner.progress=none"], work, env)
     assert "done 34" in demo.stdout or "images   34" in demo.stdout, demo.stdout
     (run_dir,) = (work / "outputs" / "demo").iterdir()

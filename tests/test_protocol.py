@@ -7,6 +7,7 @@ import email.utils
 from typing import Any
 
 import pytest
+from scripted_server import error_body
 
 from pipeline.errors import (
     ApiError,
@@ -46,7 +47,6 @@ from pipeline.protocol import (
     snippet,
     url_ext,
 )
-from tests.scripted_server import error_body
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 8
 JPG = b"\xff\xd8\xff\xe0" + b"\0" * 8

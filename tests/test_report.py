@@ -391,6 +391,7 @@ def test_by_axis_numbers(tmp_path: Path) -> None:
         good = sub["status"].isin(["ok", "cached"]).sum()
         bad = (sub["status"] == "failed").sum()
         row = t.loc[style]
+        assert isinstance(row, pd.Series)
         assert row["images"] == good and row["failed"] == bad
         assert row["cells"] == sub["cell_id"].nunique()
         assert math.isclose(row["failure_rate"], bad / (good + bad))
@@ -492,9 +493,9 @@ def test_billed_vs_estimated_by_status(tmp_path: Path) -> None:
     for status in ("ok", "cached", "failed"):
         sub = df[df["status"] == status]
         assert t.loc[status, "rows"] == len(sub)
-        assert math.isclose(t.loc[status, "billed_usd"], float(sub["cost_usd"].sum()))
-        assert math.isclose(t.loc[status, "estimated_usd"], float(sub["estimated_cost_usd"].sum()))
-    assert math.isclose(t.loc["total", "billed_usd"], float(df["cost_usd"].sum()))
+        assert math.isclose(t["billed_usd"].loc[status], float(sub["cost_usd"].sum()))
+        assert math.isclose(t["estimated_usd"].loc[status], float(sub["estimated_cost_usd"].sum()))
+    assert math.isclose(t["billed_usd"].loc["total"], float(df["cost_usd"].sum()))
     assert t.loc["total", "rows"] == len(df)
     assert t.loc["cached", "billed_usd"] == 0.0 and t.loc["failed", "billed_usd"] == 0.0
 

@@ -6,14 +6,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import CONF, SWEEPS, compose_config
+from omegaconf import OmegaConf
 
+from pipeline.config import EmulatorConfig, RunConfig, check_keys
 from pipeline.errors import ConfigError
-from pipeline.settings import api_key, api_settings, is_loopback
+from pipeline.settings import (
+    FAULT_NAMES,
+    ApiSettings,
+    EmulatorBehaviour,
+    api_key,
+    api_settings,
+    is_loopback,
+)
 
 
 def _api(name: str, **overrides: Any) -> dict[str, Any]:
     api = compose_config("run", [f"api={name}"])["api"]
+    assert isinstance(api, dict)
     api.update(overrides)
     return api
 
@@ -180,3 +191,31 @@ def test_the_schema_knows_the_keys_added_for_the_real_api() -> None:
     assert {"http_504", "accepted_500", "accepted_disconnect"} <= set(api["faults"])
     settings = api_settings(api, {})
     assert settings.first_poll_s == 1.0 and settings.emulator.repeated_task == "conflict"
+
+
+def test_each_fault_name_is_one_typed_key_with_its_range_and_documented() -> None:
+    # issue 13 item 6: the fault names are defined once (settings.FAULT_NAMES); the typed
+    # schema's `api.faults` fields are made from them, and conf/api/emulator.yaml documents each.
+    composed = compose_config("run", ["api=emulator"])["api"]["faults"]
+    assert list(composed) == list(FAULT_NAMES)
+    node = OmegaConf.structured(RunConfig)
+    for name in FAULT_NAMES:
+        node.api.faults[name] = 1.5
+        with pytest.raises(ConfigError, match=rf"api\.faults\.{name} must be between 0 and 1"):
+            check_keys(node, RunConfig)
+        node.api.faults[name] = 0.0
+    documented = yaml.safe_load((CONF / "api" / "emulator.yaml").read_text())["faults"]
+    assert set(documented) == set(FAULT_NAMES)
+
+
+def test_the_emulator_behaviours_and_their_defaults_agree_in_schema_yaml_and_settings() -> None:
+    # The typed schema (config.EmulatorConfig), conf/api/emulator.yaml and the pure settings
+    # (settings.EmulatorBehaviour) each list the emulator's behaviours: same names, same defaults.
+    defaults = EmulatorBehaviour().kwargs()
+    schema = OmegaConf.to_container(OmegaConf.structured(EmulatorConfig), enum_to_str=True)
+    assert schema == defaults
+    composed = compose_config("run", ["api=emulator"])["api"]
+    assert composed["emulator"] == defaults
+    assert api_settings(composed, {}).emulator == EmulatorBehaviour()
+    for name in ("first_poll_s", "settle_s", "latency_sigma"):  # ApiSettings' own defaults
+        assert composed[name] == getattr(ApiSettings, name), name

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import REPO, cli_env, run_cli
+from conftest import REPO, StartEmulator, cli_env, run_cli
 from runs import charges_by_seed, ledger, run_sweep_inprocess, seed_sweep
 
 from pipeline import manifest
@@ -17,7 +17,7 @@ from pipeline.emulator import Emulator
 
 
 @pytest.fixture
-def standalone(standalone_emulator: Any) -> tuple[str, Path]:
+def standalone(standalone_emulator: StartEmulator) -> tuple[str, Path]:
     """One standalone emulator process with a ledger, shared by every shard: (url, ledger)."""
     return standalone_emulator(0.05)
 
