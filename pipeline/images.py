@@ -43,6 +43,7 @@ from xml.sax.saxutils import escape, unescape
 from PIL import Image
 
 from pipeline import models
+from pipeline.canonical import canonical_json
 from pipeline.rundir import IMAGES_DIR
 
 TOOL = "krea-sweep"
@@ -156,7 +157,7 @@ def embed_recipe(data: bytes, ext: str, recipe: Mapping[str, Any]) -> bytes:
     if "apiKey" in (recipe.get("request") or {}):
         raise ValueError("a recipe must not contain the API key")
     payload = {"tool": TOOL, **recipe}
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    text = canonical_json(payload)
     summary = describe(payload)
     base = strip_recipe(data)
     if fmt == "png":

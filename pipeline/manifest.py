@@ -26,9 +26,9 @@ from typing import Any, Protocol, cast
 import pandas as pd
 
 from pipeline import images, journal, models
+from pipeline.canonical import canonical_json
 from pipeline.errors import PipelineError
 from pipeline.rundir import MANIFEST_CSV, MANIFEST_PARQUET
-from pipeline.sweep import canonical_json
 
 TIMESTAMP = "datetime64[ms, UTC]"  # submitted_at / finished_at: UTC, millisecond precision
 # Low-cardinality text is categorical; where the values are known, every frame has the same

@@ -13,12 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import pricing
+from pipeline.canonical import canonical_json
 from pipeline.errors import BudgetExceeded, ConfigError
 from pipeline.pricing import usd
 from pipeline.progress import shown
 from pipeline.rundir import PLAN_NAME
 from pipeline.schema import ProblemLog, validate_cells
-from pipeline.sweep import Cell, canonical_json
+from pipeline.sweep import Cell
 
 _BATCH = 10_000
 # plan.parquet's column contract: these columns and types, with the swept axes (one column each,

@@ -21,11 +21,12 @@ from typing import Any
 import jsonschema
 
 from pipeline import models
+from pipeline.canonical import canonical_json
 from pipeline.errors import UnknownModel, ValidationFailed
 from pipeline.images import image_input_problem
 from pipeline.models import Model
 from pipeline.protocol import CLIENT_FIELDS
-from pipeline.sweep import Cell, canonical_json, format_path, is_local_file
+from pipeline.sweep import Cell, format_path, is_local_file
 
 # Placeholders for the per-attempt fields the client adds at send time.
 _ATTEMPT_FIELDS = {"taskType": "imageInference", "taskUUID": "00000000-0000-4000-8000-000000000000"}

@@ -67,6 +67,7 @@ from typing import Any
 
 import jsonschema
 
+from pipeline.canonical import canonical_json
 from pipeline.errors import ConfigError
 from pipeline.images import read_reference
 from pipeline.protocol import CLIENT_DEFAULTS, CLIENT_FIELDS
@@ -188,17 +189,6 @@ class Sweep:
 
 
 # --------------------------------------------------------------------------- public helpers
-
-
-def canonical_json(obj: Any) -> str:
-    """The one JSON text of a value: sorted keys, no spaces, UTF-8 kept."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-# The same text as canonical_json, without re-creating an encoder per call (the hot path).
-_canonical = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
-).encode
 
 
 def is_local_file(value: str) -> bool:
@@ -1282,12 +1272,12 @@ class _Program:
             seed = req["seed"]
         else:
             view = _id_view(req, local)
-            seed = _derive_seed(self.master, _canonical(view))
+            seed = _derive_seed(self.master, canonical_json(view))
             req["seed"] = seed
             if view is not req:
                 view["seed"] = seed
-            return seed, _digest(_canonical(view))
-        return seed, _digest(_canonical(_id_view(req, local)))
+            return seed, _digest(canonical_json(view))
+        return seed, _digest(canonical_json(_id_view(req, local)))
 
     def cells(self) -> Iterator[Cell]:
         """Every cell, in order."""

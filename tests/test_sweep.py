@@ -16,12 +16,12 @@ import yaml
 from PIL import Image
 
 from pipeline import models
+from pipeline.canonical import canonical_json
 from pipeline.errors import ConfigError
 from pipeline.sweep import (
     PER_ATTEMPT_FIELDS,
     Cell,
     Sweep,
-    canonical_json,
     cell_id_of,
     count_cells,
     expand,
