@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -72,6 +72,7 @@ class Plan:
     shard: tuple[int, int] = (0, 1)
     price_note: str = ""
     path: Path | None = None
+    by_model: dict[str, tuple[int, float]] = field(default_factory=dict)  # AIR → images, USD to run
 
     @property
     def todo_cells(self) -> int:
@@ -179,6 +180,9 @@ def _plan_pass(
                 plan.cached_usd += cost
             else:
                 plan.estimate_usd += cost
+                model = str(cell.request.get("model", ""))
+                todo, model_usd = plan.by_model.get(model, (0, 0.0))
+                plan.by_model[model] = (todo + images, model_usd + cost)
             if writer is not None and not log.groups:
                 writer.add(cell, cost, cached)
         if duplicates:
@@ -345,9 +349,17 @@ def format_plan(plan: Plan) -> str:
         f"  to run       {plan.todo_images:>12,}",
         f"  estimate     {usd(plan.estimate_usd):>12}   {plan.price_note}"
         + (f"; whole sweep {usd(plan.sweep_estimate_usd)} still to run" if shard else ""),
-        f"  budget       {usd(plan.budget_usd):>12}"
-        + (f"   this shard's share of {usd(plan.sweep_budget_usd)}" if shard else ""),
     ]
+    if len(plan.by_model) > 1:  # a sweep over models: what each costs
+        width = max(map(len, plan.by_model))
+        lines += [
+            f"    {air:<{width}}  {usd(cost):>8}   {images:,} image(s) to run"
+            for air, (images, cost) in plan.by_model.items()
+        ]
+    lines.append(
+        f"  budget       {usd(plan.budget_usd):>12}"
+        + (f"   this shard's share of {usd(plan.sweep_budget_usd)}" if shard else "")
+    )
     if plan.path is not None:
         lines.append(f"  every request: {shown(plan.path)}")
     return "\n".join(lines)

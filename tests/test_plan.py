@@ -275,3 +275,33 @@ def test_a_shard_plan_says_the_whole_sweep_figure_is_what_is_left_to_run() -> No
     assert plan.sweep_estimate_usd < 40 * 0.06
     line = next(ln for ln in format_plan(plan).splitlines() if ln.startswith("  estimate"))
     assert line.endswith(f"; whole sweep {usd(plan.sweep_estimate_usd)} still to run"), line
+
+
+def test_a_sweep_over_models_is_planned_and_shown_by_model() -> None:
+    medium = "krea:krea@2-medium"
+    cells = [
+        _cell(i, {"model": m}, model=m, numberResults=n)
+        for i, (m, n) in enumerate(
+            [("krea:krea@2-large", 1), (medium, 2), ("krea:krea@2-large", 1), (medium, 1)]
+        )
+    ]
+    store = FakeStore([cells[2].cell_id])  # a stored Large cell costs nothing more
+    plan = make_plan(
+        lambda: cells, price_table=TABLE, axis_names=["model"], budget_usd=5.0, store=store
+    )
+    assert list(plan.by_model) == ["krea:krea@2-large", medium]
+    assert [n for n, _ in plan.by_model.values()] == [1, 3]
+    assert [c for _, c in plan.by_model.values()] == pytest.approx([0.06, 0.09])
+    assert plan.estimate_usd == pytest.approx(0.15)
+    lines = format_plan(plan).splitlines()
+    estimate_at = next(i for i, ln in enumerate(lines) if ln.startswith("  estimate"))
+    assert lines[estimate_at + 1 : estimate_at + 3] == [
+        "    krea:krea@2-large      $0.06   1 image(s) to run",
+        "    krea:krea@2-medium     $0.09   3 image(s) to run",
+    ]
+
+
+def test_a_one_model_plan_has_no_model_lines() -> None:
+    plan = make_plan(lambda: _cells(3), price_table=TABLE, axis_names=["vars.k"], budget_usd=5.0)
+    assert list(plan.by_model) == ["krea:krea@2-large"]
+    assert "krea:krea@2-large" not in format_plan(plan)
