@@ -109,6 +109,20 @@ def test_the_manifest_columns_are_the_fixed_ones_plus_the_models_columns() -> No
     assert manifest.COLUMNS["settings.creativity"] == "string"
 
 
+@pytest.mark.parametrize("air", models.known())
+def test_every_registered_model_is_complete(air: str) -> None:
+    """What a new entry must bring: sources, its own schema file, a price for each of its tiers."""
+    entry = models.get(air)
+    assert entry.name and entry.slug and entry.sources
+    schema = entry.request_schema()
+    assert schema["properties"]["model"] == {"const": air, "description": "Model AIR."}
+    assert request_problems(_request(air)) == []
+    shipped = TABLE["models"][air]
+    for edits in ({}, {"inputs": {"referenceImages": REF}}, {"settings": {"moodboards": MOOD}}):
+        assert entry.tier(_request(air, **edits)) in shipped
+        assert pricing.unit_price(_request(air, **edits), TABLE) > 0
+
+
 # ---------------------------------------------------------------------------- schemas
 
 
