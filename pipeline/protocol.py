@@ -112,7 +112,9 @@ _VALIDATION_PREFIXES = (
     "array",
     "max",
 )
-_AUTH_CODES = frozenset({"unauthorized", "forbidden", "authenticationFailed"})
+# Codes that stop a run (the key, token or account is not usable): the SDK's auth codes but a
+# timeout of the auth handshake, which is transient.
+_AUTH_CODES = _SDK_AUTH_CODES - {"authTimeout"}
 _STATUS_CODES = {
     401: "unauthorized",
     402: "paymentRequired",

@@ -275,7 +275,9 @@ def _sdk_not_found(code: str) -> bool:
         ("taskExpired", NotFoundError),
         ("taskCancelled", NotFoundError),
         ("unknownModel", RequestRejected),  # not found to the SDK, but a bad request to submit
-        ("tokenExpired", RequestRejected),  # never "not found"; not AuthError at 400 today
+        ("tokenExpired", AuthError),  # never "not found"; an unusable token stops the run
+        ("accountSuspended", AuthError),
+        ("permissionDenied", AuthError),
         ("creditsExpired", CreditsError),
         ("authTimeout", TransientError),
     ],
