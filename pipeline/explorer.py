@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline import images, rundir, sheets
+from pipeline import images, manifest, rundir, sheets
 
 DATA_NAME = "explorer-data.js"
 DETAIL_DIR = "explorer"
@@ -345,7 +345,7 @@ def explorer_data(
                     "message": _text(messages[k]),
                     "cell_index": None if _missing(indexes[k]) else int(indexes[k]),
                     "task": _text(tasks[k]),
-                    "finished": _text(finished[k]),
+                    "finished": manifest.time_text(finished[k]),
                     "run_dir": source_list[src_ix[k]],
                     "reproduce": None  # not in the manifest: krea-run in the run dir finishes it
                     if status[k] == sheets.NOT_RUN

@@ -418,6 +418,13 @@ def write(df: pd.DataFrame, run_dir: Path) -> tuple[Path, Path]:
     return parquet, csv
 
 
+def time_text(value: Any) -> str | None:
+    """A manifest time as the CSV, the report and the explorer show it: ISO 8601, ms, `Z`."""
+    if value is None or pd.isna(value):
+        return None
+    return pd.Timestamp(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def csv_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The manifest as the CSV shows it: ISO 8601 times, and no cell a spreadsheet would run.
 

@@ -68,6 +68,7 @@ def test_tiles_axes_and_states(tmp_path: Path) -> None:
     detail = details_of(out)[k]
     assert detail["reproduce"] == f"krea-reproduce run_dir={run} 'select=[cell0001]'"
     assert json.loads(detail["request"])["positivePrompt"] == "a lighthouse"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", detail["finished"])  # as the CSV
     assert details_of(out)[failed]["message"] == "read timed out after 30 s"
     assert details_of(out)[tiles["cell"].index("later")]["reproduce"] is None  # not run yet
     assert data["defaults"] == {"x": "settings.creativity", "y": "vars.style", "facet": None}

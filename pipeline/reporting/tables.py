@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import models, sheets
+from pipeline import manifest, models, sheets
 from pipeline.reporting.data import ReportData
 from pipeline.rundir import PRECEDENCE, concat_frames
 from pipeline.sheets import RUN
@@ -138,13 +138,6 @@ def _rate(numerator: pd.Series[Any], denominator: pd.Series[Any]) -> pd.Series[A
     return (numerator.astype("float64") / den.where(den > 0)).astype("float64")
 
 
-def _iso(value: Any) -> str | None:
-    if value is None or pd.isna(value):
-        return None
-    text = pd.Timestamp(value).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
-
-
 def table_keys(frame: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     """Grouping keys: model when several, swept axes, the models' columns, references, size."""
     keys = [a for a in axes if a in frame.columns and a != RUN]
@@ -201,8 +194,8 @@ def totals_table(
     out["difference_usd"] = (g["billed_usd"] - g["estimated_usd"]).round(MONEY_PLACES)
     out["latency_p50_s"] = g["latency_p50_s"]
     out["latency_p95_s"] = g["latency_p95_s"]
-    out["started_at"] = [_iso(t) for t in g["t0"]]
-    out["finished_at"] = [_iso(t) for t in g["t1"]]
+    out["started_at"] = [manifest.time_text(t) for t in g["t0"]]
+    out["finished_at"] = [manifest.time_text(t) for t in g["t1"]]
     out["wall_s"] = [
         (b - a).total_seconds() if pd.notna(a) and pd.notna(b) else np.nan
         for a, b in zip(g["t0"], g["t1"], strict=True)
