@@ -22,7 +22,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import config, settings
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.resources import CONF_DIR as CONF_DIR  # re-exported for the entry points
 from pipeline.rundir import EXIT_CODE_NAME
 
 _multirun_dirs: list[Path] = []  # sweep dirs of the multiruns this process launched

@@ -12,8 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import job as jobs
 from pipeline import settings
-from pipeline.entry import CONF_DIR, JobContext, console, job_context, report_errors, to_plain
+from pipeline.entry import JobContext, console, job_context, report_errors, to_plain
 from pipeline.errors import ConfigError
+from pipeline.resources import CONF_DIR
 from pipeline.store import Store
 from pipeline.sweep import Sweep, count_cells, expand, load_sweep
 
