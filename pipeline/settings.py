@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 from pipeline.errors import ConfigError
 from pipeline.protocol import DELIVERY_METHODS
 
+# The emulator's injectable faults, in the order a draw tries them (`api.faults` has one key each).
 FAULT_NAMES = (
     "http_429",
     "http_500",

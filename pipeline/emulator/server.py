@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from pipeline import models
 from pipeline.emulator import media
-from pipeline.emulator.faults import FAULT_KINDS, Fault, FaultInjector
+from pipeline.emulator.faults import Fault, FaultInjector
 from pipeline.emulator.ledger import Ledger
 from pipeline.emulator.painter import (
     RGB,
@@ -49,7 +49,7 @@ from pipeline.emulator.painter import (
 )
 from pipeline.emulator.rules import TaskError, task_error, validate_inference
 from pipeline.pricing import load_price_table, unit_price
-from pipeline.settings import CREDITS_STATUS, REPEATED_TASK, UNKNOWN_TASK
+from pipeline.settings import CREDITS_STATUS, FAULT_NAMES, REPEATED_TASK, UNKNOWN_TASK
 
 log = logging.getLogger("pipeline.emulator")
 
@@ -197,7 +197,7 @@ class Emulator:
             self._stats[key] = 0
         for task_type in (*_TASK_TYPES, "other"):
             self._stats[f"tasks.{task_type}"] = 0
-        for kind in FAULT_KINDS:
+        for kind in FAULT_NAMES:
             self._stats[f"faults.{kind}"] = 0
         self._stats["faults.disconnect.accepted"] = 0
         self._stats["faults.stall.accepted"] = 0
