@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import config, settings
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.resources import CONF_DIR as CONF_DIR  # re-exported for the entry points
+from pipeline.images import write_atomic
 from pipeline.rundir import EXIT_CODE_NAME
 
 _multirun_dirs: list[Path] = []  # sweep dirs of the multiruns this process launched
@@ -267,8 +267,6 @@ def missing_config_message(exc: MissingConfigException) -> str:
 
 def _record_exit_code(code: int) -> None:
     """Leave a multirun job's code in its own run dir, wherever the job runs (any host)."""
-    from pipeline.images import write_atomic
-
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     write_atomic(run_dir / EXIT_CODE_NAME, f"{code}\n".encode())
 

@@ -168,7 +168,6 @@ def execute(cells: Iterable[Cell], plan: Plan, job: Job, *, sweep: SweepInfo, st
             outcome = runner.run(cells)
         finally:
             client.close()
-        outcome.estimated_usd = plan.estimate_usd
         frame, left_out = write_manifest(job.run_dir, sweep.axis_names, outcome)
         report_dir = job.report_dir or job.run_dir
         print(summary(outcome, frame, job.run_dir, report_dir, left_out=left_out), flush=True)

@@ -2,7 +2,8 @@
 
 Rows are plain dicts keyed by column name. The runner makes them with the helpers below
 (`cell_row` once per cell, then `generation_rows`, `failed_row` or `cached_rows`), writes them to
-the journal as they finish, and at the end calls `build` + `write` (or `rebuild` from the journal).
+the journal as they finish; at the end `pipeline.job` calls `rebuild` (the journal's rows through
+`build`) and `write`.
 
 Conventions:
 - `estimated_cost_usd` is per row: the per-image estimate on image rows, and the estimate of the

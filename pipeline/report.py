@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline import explorer
-from pipeline.entry import CONF_DIR, console, report_errors, to_plain
+from pipeline.entry import console, report_errors, to_plain
 from pipeline.errors import ConfigError
 from pipeline.reporting.data import load
 from pipeline.reporting.options import output_dir, parse_options, parse_run_dirs
@@ -28,6 +28,7 @@ from pipeline.reporting.page import INDEX_NAME, html_page, plots
 from pipeline.reporting.sheetfiles import SheetFile, draw_sheets, sheet_frame
 from pipeline.reporting.tables import make_tables, write_tables
 from pipeline.reporting.text import describe, format_tables
+from pipeline.resources import CONF_DIR
 
 
 def report_job(cfg: Mapping[str, Any], now: datetime | None = None) -> int:

@@ -42,7 +42,7 @@ from omegaconf import DictConfig
 
 from pipeline import images, rundir
 from pipeline import job as jobs
-from pipeline.entry import CONF_DIR, JobContext, console, job_context, report_errors, to_plain
+from pipeline.entry import JobContext, console, job_context, report_errors, to_plain
 from pipeline.errors import ConfigError
 from pipeline.progress import shown
 from pipeline.reproduction import (
@@ -54,6 +54,7 @@ from pipeline.reproduction import (
     rebuild_cell,
     reproductions,
 )
+from pipeline.resources import CONF_DIR
 from pipeline.selection import load_selection, parse_select, task_of
 from pipeline.sweep import Cell
 

@@ -28,7 +28,6 @@ from pipeline.sweep import Cell, cell_id_of, is_local_file
 
 REPRODUCTIONS_DIR = "reproductions"
 RESULTS = ("identical", "different", "failed")
-_CLIENT_FIELDS = frozenset(CLIENT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ def rebuild_cell(rec: Recorded) -> tuple[Cell, str | None]:
             "(a Runware image UUID, kept about 30 days)"
         )
     else:
-        request = {k: v for k, v in rec.sent.items() if k not in _CLIENT_FIELDS}
+        request = {k: v for k, v in rec.sent.items() if k not in CLIENT_FIELDS}
         if "model" not in request:  # a task recovered by its taskUUID after a crash
             raise PipelineError(
                 f"cell {rec.cell_id}: the run recorded only its taskUUID (the task was recovered "

@@ -12,8 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import job as jobs
 from pipeline import settings
-from pipeline.entry import CONF_DIR, JobContext, console, job_context, report_errors, to_plain
+from pipeline.entry import JobContext, console, job_context, report_errors, to_plain
 from pipeline.errors import ConfigError
+from pipeline.images import write_atomic
+from pipeline.resources import CONF_DIR
 from pipeline.store import Store
 from pipeline.sweep import Sweep, count_cells, expand, load_sweep
 
@@ -67,8 +69,6 @@ def _make_rerunnable(ctx: JobContext) -> None:
     checks as a normal run, and resolves the sweep's relative reference images and value files
     against the sweep file's folder (`sweep.dir`).
     """
-    from pipeline.images import write_atomic
-
     subdir = HydraConfig.get().output_subdir
     if subdir is None:
         return

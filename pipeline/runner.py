@@ -62,7 +62,6 @@ class Outcome:
     cached: int = 0
     images: int = 0
     billed_usd: float = 0.0
-    estimated_usd: float = 0.0
     failures: Counter[str] = field(default_factory=Counter)
     stopped: str = ""  # why submitting stopped early ("" when every cell was tried)
     interrupted: bool = False

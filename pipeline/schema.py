@@ -32,7 +32,6 @@ from pipeline.sweep import Cell, format_path, is_local_file
 _ATTEMPT_FIELDS = {"taskType": "imageInference", "taskUUID": "00000000-0000-4000-8000-000000000000"}
 _FREE_FIELDS = ("positivePrompt", "seed")  # checked alone, left out of the memo key
 _EXAMPLES_PER_PROBLEM = 5
-_SET_BY_US = set(CLIENT_FIELDS)  # not for a sweep to set
 
 
 def model_of(request: dict[str, Any]) -> Model:
@@ -81,7 +80,7 @@ def describe(error: jsonschema.ValidationError, model: Model) -> tuple[str, str]
         return f"{where}{missing[0]}", "is required but missing"
     if kind == "additionalProperties":
         extra = sorted(set(value) - set(schema.get("properties", {})))
-        allowed = ", ".join(sorted(set(schema.get("properties", {})) - _SET_BY_US))
+        allowed = ", ".join(sorted(set(schema.get("properties", {})) - CLIENT_FIELDS.keys()))
         where = f"{path}." if error.absolute_path else ""
         return (
             f"{where}{extra[0]}",

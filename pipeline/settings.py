@@ -13,7 +13,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pipeline.errors import ConfigError
+from pipeline.protocol import DELIVERY_METHODS
 
+# The emulator's injectable faults, in the order a draw tries them (`api.faults` has one key each).
 FAULT_NAMES = (
     "http_429",
     "http_500",
@@ -268,7 +270,7 @@ def api_settings(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> 
         base_url=str(base_url) if base_url else None,
         timeout_s=_num(cfg, "timeout_s", "api", low=0.001),
         connect_timeout_s=_num(cfg, "connect_timeout_s", "api", low=0.001),
-        delivery=_choice(cfg, "delivery", "api", ("async", "sync")),
+        delivery=_choice(cfg, "delivery", "api", DELIVERY_METHODS),
         output_type=_choice(cfg, "output_type", "api", OUTPUT_TYPES),
         upload_refs=_bool(cfg, "upload_refs", "api"),
         batch_polls=_bool(cfg, "batch_polls", "api"),

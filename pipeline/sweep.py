@@ -96,7 +96,6 @@ _TEMPLATE_RE = re.compile(r"\{\{|\}\}|\{(" + _NAME + r")\}|[{}]")
 _SWEEP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _INT_RE = re.compile(r"[-+]?\d+\Z")
 _FLOAT_RE = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?\Z")
-_SET_BY_SWEEP = CLIENT_FIELDS  # the client sets them on every attempt (with why)
 _PROBE_LIMIT = 4096  # ancestor-value combinations probed per deep axis at load time
 _MAX_PER_AXIS = 3  # probe messages per axis before "… and more"
 _IE_LIMIT = 12  # exclude entries up to which the excluded count uses inclusion–exclusion
@@ -692,8 +691,8 @@ def _check_axis_path(loader: _Loader, raw: Any, where: str) -> tuple[Token, ...]
         loader.problem(f"{where}: {exc}")
         return None
     head = tokens[0]
-    if head in _SET_BY_SWEEP:
-        loader.problem(f"{where}: {raw} cannot be set in a sweep ({_SET_BY_SWEEP[str(head)]})")
+    if head in CLIENT_FIELDS:
+        loader.problem(f"{where}: {raw} cannot be set in a sweep ({CLIENT_FIELDS[str(head)]})")
         return None
     if head == "vars" and (len(tokens) != 2 or not isinstance(tokens[1], str)):
         loader.problem(f"{where}: {raw!r}: a template variable is written vars.NAME")
@@ -1014,9 +1013,9 @@ def _load_base(loader: _Loader, raw: dict[str, Any]) -> dict[str, Any]:
                     f"base.taskType: {_show(value)} is not allowed (only imageInference)"
                 )
             continue
-        if key in _SET_BY_SWEEP:
+        if key in CLIENT_FIELDS:
             loader.problem(
-                f"base.{key}: {json.dumps(value)} is not allowed in a sweep: {_SET_BY_SWEEP[key]}"
+                f"base.{key}: {json.dumps(value)} is not allowed in a sweep: {CLIENT_FIELDS[key]}"
             )
             continue
         if key == "vars":

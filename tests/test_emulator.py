@@ -20,7 +20,8 @@ import pytest
 import requests
 from PIL import Image
 
-from pipeline.emulator import FAULT_KINDS, Emulator, parse_faults
+from pipeline.emulator import Emulator, parse_faults
+from pipeline.settings import FAULT_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "test-key"
@@ -603,7 +604,7 @@ def test_stall_outlasts_the_client_timeout_and_stop_is_prompt() -> None:
 def test_fault_seed_makes_faults_reproducible() -> None:
     def statuses(seed: int) -> list[int]:
         dropping = ("disconnect", "stall", "accepted_disconnect")
-        rates = {kind: 0.12 for kind in FAULT_KINDS if kind not in dropping}
+        rates = {kind: 0.12 for kind in FAULT_NAMES if kind not in dropping}
         with Emulator(faults=rates, fault_seed=seed) as emu:
             api = Api(emu)
             out = [api.post([task()]).status_code for _ in range(25)]

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from pipeline.config import EmulatorConfig, RunConfig, check_keys
 from pipeline.errors import ConfigError
+from pipeline.job import backend_line
 from pipeline.settings import (
     FAULT_NAMES,
     ApiSettings,
@@ -133,8 +134,6 @@ def test_a_sweep_key_can_be_overridden_like_any_config() -> None:
 def test_the_first_line_names_the_backend(
     group: str, env: dict[str, str], dry_run: bool, line: str
 ) -> None:
-    from pipeline.job import backend_line
-
     assert backend_line(api_settings(_api(group), env), dry_run) == line
 
 

@@ -13,7 +13,7 @@ Images are deterministic test cards.
 
 from __future__ import annotations
 
-from pipeline.emulator.faults import FAULT_KINDS, parse_faults
+from pipeline.emulator.faults import parse_faults
 from pipeline.emulator.server import Emulator
 
-__all__ = ["FAULT_KINDS", "Emulator", "parse_faults"]
+__all__ = ["Emulator", "parse_faults"]

@@ -13,8 +13,8 @@ from types import FrameType
 
 from pipeline.emulator import media
 from pipeline.emulator.faults import parse_faults
-from pipeline.emulator.server import CREDITS_STATUS, Emulator
-from pipeline.settings import REPEATED_TASK, UNKNOWN_TASK
+from pipeline.emulator.server import Emulator
+from pipeline.settings import CREDITS_STATUS, REPEATED_TASK, UNKNOWN_TASK
 
 
 def _parser() -> argparse.ArgumentParser:

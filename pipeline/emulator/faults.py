@@ -24,8 +24,6 @@ from dataclasses import dataclass
 
 from pipeline.settings import FAULT_NAMES
 
-FAULT_KINDS = FAULT_NAMES  # one list (settings owns it), in draw order
-
 
 def parse_faults(text: str) -> dict[str, float]:
     """Parse "http_429=0.1,http_503=0.05,disconnect=0.02" into {kind: probability}."""
@@ -54,8 +52,8 @@ def check_faults(faults: dict[str, float] | None) -> dict[str, float]:
     """Validate fault names and probabilities; return a clean copy."""
     clean: dict[str, float] = {}
     for name, value in (faults or {}).items():
-        if name not in FAULT_KINDS:
-            raise ValueError(f"unknown fault {name!r}; known: {', '.join(FAULT_KINDS)}")
+        if name not in FAULT_NAMES:
+            raise ValueError(f"unknown fault {name!r}; known: {', '.join(FAULT_NAMES)}")
         clean[name] = _probability(name, value)
     return clean
 
@@ -92,7 +90,7 @@ class FaultInjector:
             self.rates = rates
 
     def draw(self) -> Fault | None:
-        """The fault for the next POST, or None (kinds are tried in FAULT_KINDS order)."""
+        """The fault for the next POST, or None (kinds are tried in FAULT_NAMES order)."""
         with self._lock:
             if self._queued:
                 return Fault(kind=self._queued.pop(0), accepted=True, retry_after=1)
@@ -102,7 +100,7 @@ class FaultInjector:
             u = self._rng.random()
             detail = self._rng.random()
             edge = 0.0
-            for kind in FAULT_KINDS:
+            for kind in FAULT_NAMES:
                 edge += self.rates.get(kind, 0.0)
                 if u < edge:
                     return Fault(

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from pipeline import models
 from pipeline.emulator import media
-from pipeline.emulator.faults import FAULT_KINDS, Fault, FaultInjector
+from pipeline.emulator.faults import Fault, FaultInjector
 from pipeline.emulator.ledger import Ledger
 from pipeline.emulator.painter import (
     RGB,
@@ -49,7 +49,7 @@ from pipeline.emulator.painter import (
 )
 from pipeline.emulator.rules import TaskError, task_error, validate_inference
 from pipeline.pricing import load_price_table, unit_price
-from pipeline.settings import REPEATED_TASK, UNKNOWN_TASK
+from pipeline.settings import CREDITS_STATUS, FAULT_NAMES, REPEATED_TASK, UNKNOWN_TASK
 
 log = logging.getLogger("pipeline.emulator")
 
@@ -58,7 +58,6 @@ DEFAULT_CREATIVITY = "medium"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 SEED_LIMIT = 2**63
 DELIVERY_TIMEOUT_S = 5.0
-CREDITS_STATUS = (402, 400)
 _IMAGE_PATH = re.compile(r"^/images/([0-9a-fA-F-]{36})\.([a-z]{3,4})$")
 _TASK_TYPES = ("imageInference", "getResponse", "getTaskDetails", "imageUpload", "authentication")
 _sysrand = random.SystemRandom()
@@ -198,7 +197,7 @@ class Emulator:
             self._stats[key] = 0
         for task_type in (*_TASK_TYPES, "other"):
             self._stats[f"tasks.{task_type}"] = 0
-        for kind in FAULT_KINDS:
+        for kind in FAULT_NAMES:
             self._stats[f"faults.{kind}"] = 0
         self._stats["faults.disconnect.accepted"] = 0
         self._stats["faults.stall.accepted"] = 0
