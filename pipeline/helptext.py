@@ -26,9 +26,10 @@ def readme() -> str:
 
 
 RUN = """\
-krea-run: expand a YAML sweep, validate every request against Krea 2 Large's schema, price
-the plan against your budget, then generate the images on Runware (or the offline
-emulator) and write them with a manifest. Nothing is ever paid twice.
+krea-run: expand a YAML sweep, validate every request against its model's schema (Krea 2
+Large by default, or Krea 2 Medium), price the plan against your budget, then generate the
+images on Runware (or the offline emulator) and write them with a manifest. Nothing is ever
+paid twice.
 
 Usage: krea-run [key=value ...]        a multirun: krea-run -m key=a,b ...
 

@@ -72,7 +72,7 @@ def test_medium_marks_what_it_takes_from_large_as_unconfirmed() -> None:
     assert all("Large" in why or "Runware" in why for why in medium.unconfirmed.values())
     # Runware's SDK (1.8.0) lists the same request fields: the schemas differ only in `model`
     # (and their own title, id and description).
-    own = ("$id", "title", "description")
+    own = ("$id", "title", "description", "$comment")
     a, b = large.request_schema(), medium.request_schema()
     a_props, b_props = dict(a["properties"]), dict(b["properties"])
     assert a_props.pop("model") != b_props.pop("model")
