@@ -29,7 +29,7 @@ from PIL import Image
 
 from bench.common import cpu_s, emit, peak_rss_mb
 from bench.report import AXES, synthetic_manifest
-from pipeline import manifest, report
+from pipeline import manifest, report, rundir
 
 BASES = 24  # distinct pictures; every file still differs (a unique comment), as do their hashes
 
@@ -55,7 +55,7 @@ def make_run(run_dir: Path, images: int) -> int:
     bases = base_jpegs(BASES)
     written = 0
     shas: list[str | None] = []
-    (run_dir / "images").mkdir(parents=True)
+    (run_dir / rundir.IMAGES_DIR).mkdir(parents=True)
     for k, rel in enumerate(frame["image_path"].astype(object).tolist()):
         if not isinstance(rel, str):
             shas.append(None)
@@ -70,7 +70,7 @@ def make_run(run_dir: Path, images: int) -> int:
     frame["image_sha256"] = frame["image_sha256"].astype("string")
     manifest.write(frame, run_dir)
     header = {"event": "header", "version": 1, "axis_names": AXES}
-    (run_dir / "journal.jsonl").write_text(json.dumps(header) + "\n")
+    (run_dir / rundir.JOURNAL_NAME).write_text(json.dumps(header) + "\n")
     return written
 
 
@@ -149,7 +149,7 @@ def one(images: int, browser: bool) -> dict[str, Any]:
             t, c = time.perf_counter(), cpu_s()
             report.report_job(cfg)
             warm, warm_cpu = time.perf_counter() - t, cpu_s() - c
-        out = run_dir / "report"
+        out = run_dir / rundir.REPORT_DIR
         thumbs = sum(1 for _ in (out / "thumbs").rglob("*.jpg"))
         data_mb = (out / "explorer-data.js").stat().st_size / 2**20
         page = page_times(out) if browser else {}

@@ -22,6 +22,7 @@ from bench.common import (
     seed_sweep,
     warm_imports,
 )
+from pipeline import rundir
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
             delivery=args.delivery,
         )
         run = run_real(cfg, root / "run")
-        written = sum(1 for _ in (root / "run" / "images").iterdir())
+        written = sum(1 for _ in (root / "run" / rundir.IMAGES_DIR).iterdir())
     if run.code != 0 or written != args.images:
         raise SystemExit(f"run failed (exit {run.code}, {written} images):\n{run.output[-2000:]}")
     emit(

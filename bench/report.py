@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import emit, peak_rss_mb
-from pipeline import manifest
+from pipeline import manifest, rundir
 from pipeline.reporting.data import load
 from pipeline.reporting.tables import make_tables, write_tables
 from pipeline.reporting.text import format_tables
@@ -113,14 +113,14 @@ def main() -> None:
         frame = synthetic_manifest(args.rows)
         manifest.write(frame, run_dir)
         header = {"event": "header", "version": 1, "axis_names": AXES}
-        (run_dir / "journal.jsonl").write_text(json.dumps(header) + "\n")
+        (run_dir / rundir.JOURNAL_NAME).write_text(json.dumps(header) + "\n")
         start = time.perf_counter()
         data = load([run_dir])
         loaded = time.perf_counter()
         tables = make_tables(data)
         text = format_tables(tables, data)
         computed = time.perf_counter()
-        write_tables(tables, run_dir / "report")
+        write_tables(tables, run_dir / rundir.REPORT_DIR)
         done = time.perf_counter()
         totals = tables[0].frame.iloc[0]
         expected = float(frame["cost_usd"].sum())

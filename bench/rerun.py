@@ -30,6 +30,7 @@ from bench.common import (
     seed_sweep,
     warm_imports,
 )
+from pipeline import rundir
 
 
 def setup(root: Path, cells: int, concurrency: int) -> dict[str, Any]:
@@ -92,7 +93,7 @@ def main() -> None:
                 profiler.disable()
                 profiler.dump_stats(str(args.profile))
             after = ledger_lines(ledger)
-        images = sum(1 for _ in (root / "rerun" / "images").iterdir())
+        images = sum(1 for _ in (root / "rerun" / rundir.IMAGES_DIR).iterdir())
 
         # 2. against an in-process emulator, to count POSTs (the standalone one prints nothing)
         from pipeline.emulator import Emulator

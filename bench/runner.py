@@ -36,6 +36,7 @@ from bench.common import (
     warm_imports,
 )
 from bench.common import seed_sweep as make_sweep
+from pipeline import rundir
 
 
 def run_once(url: str, images: int, concurrency: int, delivery: str) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def run_once(url: str, images: int, concurrency: int, delivery: str) -> dict[str
         cpu0 = cpu_s()
         run = run_real(cfg, root / "run")
         cpu = cpu_s() - cpu0
-        written = sum(1 for _ in (root / "run" / "images").iterdir())
+        written = sum(1 for _ in (root / "run" / rundir.IMAGES_DIR).iterdir())
     if run.code != 0 or written != images:
         raise SystemExit(f"run failed (exit {run.code}, {written} images):\n{run.output[-2000:]}")
     return {
