@@ -64,7 +64,6 @@ class Plan:
     cached_cells: int = 0
     cached_images: int = 0
     estimate_usd: float = 0.0
-    cached_usd: float = 0.0
     budget_usd: float = 0.0
     sweep_estimate_usd: float = 0.0
     sweep_budget_usd: float = 0.0
@@ -73,11 +72,6 @@ class Plan:
     price_note: str = ""
     path: Path | None = None
     by_model: dict[str, tuple[int, float]] = field(default_factory=dict)  # AIR → images, USD to run
-
-    @property
-    def todo_cells(self) -> int:
-        """Cells that still need a request."""
-        return self.cells - self.cached_cells
 
     @property
     def todo_images(self) -> int:
@@ -177,7 +171,6 @@ def _plan_pass(
             if cached:
                 plan.cached_cells += 1
                 plan.cached_images += images
-                plan.cached_usd += cost
             else:
                 plan.estimate_usd += cost
                 model = str(cell.request.get("model", ""))
