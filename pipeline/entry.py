@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import config, settings
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, first_line
 from pipeline.images import write_atomic
 from pipeline.rundir import EXIT_CODE_NAME
 
@@ -167,8 +167,7 @@ def sweep_file_overrides(args: list[str], links: Path) -> list[str]:
 def describe(exc: BaseException, command: str) -> str:
     """One line for an error raised before or around the job (by Hydra, OmegaConf or YAML)."""
     schema = config.COMMAND_SCHEMA.get(command, config.RunConfig)
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
+    first = first_line(exc)
     cause = exc.__cause__ or exc.__context__
     inner = _pipeline_cause(exc)
     if inner is not None:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 
 JOURNAL_NAME = "journal.jsonl"
 PLAN_NAME = "plan.parquet"
@@ -133,12 +133,6 @@ def swept_axes(frame: pd.DataFrame, header: Sequence[str] | None) -> list[str]:
     if header is None:
         return extra
     return list(dict.fromkeys([a for a in header if a in frame.columns] + extra))
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type when it has none)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_plan(run_dir: Path) -> pd.DataFrame | None:

@@ -30,7 +30,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import images
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 from pipeline.rundir import SOURCE
 
 RUN = "run"
@@ -314,8 +314,7 @@ def apply_filter(frame: pd.DataFrame, query: str | None) -> pd.DataFrame:
     try:
         out = frame.query(query, engine="python")
     except Exception as exc:  # pandas raises many types for a bad expression
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"report.filter {query!r} cannot be used: {detail}") from exc
+        raise ConfigError(f"report.filter {query!r} cannot be used: {first_line(exc)}") from exc
     if not isinstance(out, pd.DataFrame):
         raise ConfigError(f"report.filter {query!r} does not select rows")
     return out
