@@ -34,6 +34,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline import images, manifest, rundir, sheets
+from pipeline.reporting.text import is_missing
 
 DATA_NAME = "explorer-data.js"
 DETAIL_DIR = "explorer"
@@ -132,23 +133,16 @@ def default_view(
 # --- files ---------------------------------------------------------------------------------------
 
 
-def _missing(v: Any) -> bool:
-    """Whether a cell value is missing (None, NA, NaT, NaN)."""
-    if v is None or v is pd.NA or v is pd.NaT:
-        return True
-    return isinstance(v, float | np.floating) and math.isnan(float(v))
-
-
 def _num(v: Any, places: int = 9) -> float | None:
     """A number for JSON (rounded), or None."""
-    if _missing(v):
+    if is_missing(v):
         return None
     return round(float(v), places)
 
 
 def _text(v: Any) -> str | None:
     """Text for JSON, or None."""
-    return None if _missing(v) else str(v)
+    return None if is_missing(v) else str(v)
 
 
 def _source(row_source: Any) -> Path:
@@ -290,7 +284,7 @@ def explorer_data(
         src_dir = _source(sources[k])
         src_ix.append(source_names.setdefault(str(src_dir), len(source_names)))
         rel = rels[k]
-        if status[k] in ("ok", "cached") and not _missing(rel):
+        if status[k] in ("ok", "cached") and not is_missing(rel):
             path = src_dir / str(rel)
             if path.is_file():
                 key = thumb_key(path, _text(shas[k]))
@@ -306,17 +300,17 @@ def explorer_data(
     tiles: dict[str, list[Any]] = {
         "run": run_col,
         "cell": [str(c) for c in col("cell_id")],
-        "result": [0 if _missing(v) else int(v) for v in col("result_index")],
+        "result": [0 if is_missing(v) else int(v) for v in col("result_index")],
         "seed": [_text(v) for v in col("seed")],
         "status": [STATUS_CODES.get(str(s), 3) for s in status],
         "thumb": thumb,
         "full": full,
-        "w": [None if _missing(v) else int(v) for v in widths],
-        "h": [None if _missing(v) else int(v) for v in heights],
+        "w": [None if is_missing(v) else int(v) for v in widths],
+        "h": [None if is_missing(v) else int(v) for v in heights],
         "cost": [_num(v) for v in col("cost_usd")],
         "estimate": [_num(v) for v in col("estimated_cost_usd")],
         "latency": [_num(v, 4) for v in col("latency_s")],
-        "attempts": [None if _missing(v) else int(v) for v in col("attempts")],
+        "attempts": [None if is_missing(v) else int(v) for v in col("attempts")],
         "error": [_text(v) for v in col("error_code")],
         "values": [a.codes.tolist() for a in ax],
     }
@@ -343,7 +337,7 @@ def explorer_data(
                     "prompt": _text(prompts[k]),
                     "request": _text(requests[k]),
                     "message": _text(messages[k]),
-                    "cell_index": None if _missing(indexes[k]) else int(indexes[k]),
+                    "cell_index": None if is_missing(indexes[k]) else int(indexes[k]),
                     "task": _text(tasks[k]),
                     "finished": manifest.time_text(finished[k]),
                     "run_dir": source_list[src_ix[k]],

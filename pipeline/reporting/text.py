@@ -36,7 +36,8 @@ HEADERS = {
 }
 
 
-def _missing(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
+    """Whether a cell value is missing (None, NA, NaT, NaN)."""
     if v is None or v is pd.NA or v is pd.NaT:
         return True
     return isinstance(v, float | np.floating) and math.isnan(v)
@@ -67,7 +68,7 @@ def format_value(column: str, v: Any, key: bool = False) -> str:
     """How one table cell is shown in the terminal and the HTML page."""
     if key:
         return sheets.value_label(v)
-    if _missing(v):
+    if is_missing(v):
         return "—"
     if column == "usd_per_image":
         return money(float(v), 4)
