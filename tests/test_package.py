@@ -43,6 +43,15 @@ def _venv(path: Path) -> Path:
     return path / "bin"
 
 
+def _pip_install(bin_dir: Path, *args: str) -> None:
+    """Install into the venv of `bin_dir`, offline and without dependencies."""
+    subprocess.run(
+        [str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", *args],
+        check=True,
+        capture_output=True,
+    )
+
+
 def _env(tmp: Path) -> dict[str, str]:
     """No repo on the path, no key, and a store of the test's own."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RUNWARE_API_KEY")}
@@ -124,40 +133,12 @@ def test_built_wheel_runs_from_an_empty_folder(tmp_path: Path) -> None:
     )
     (wheel,) = dist.glob("krea_sweep-*.whl")
     bin_dir = _venv(tmp_path / "venv")
-    subprocess.run(
-        [
-            str(bin_dir / "python"),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-index",
-            str(wheel),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    _pip_install(bin_dir, str(wheel))
     _use_from_empty_folder(bin_dir, tmp_path, tmp_path / "venv")
 
 
 def test_editable_install_runs_from_an_empty_folder(tmp_path: Path) -> None:
     src = _source_copy(tmp_path / "src")
     bin_dir = _venv(tmp_path / "venv")
-    subprocess.run(
-        [
-            str(bin_dir / "python"),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-index",
-            "--no-build-isolation",
-            "-e",
-            str(src),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    _pip_install(bin_dir, "--no-build-isolation", "-e", str(src))
     _use_from_empty_folder(bin_dir, tmp_path, src)
